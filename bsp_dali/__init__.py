@@ -1,0 +1,47 @@
+"""bsp-dali: boundary-sensitive pre-training (BSP) clips for video encoders, synthesized on the GPU.
+
+Data flows one way: dataset index -> planner -> decode -> synthesis kernel -> iterator -> trainer.
+Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are imported where used.
+"""
+
+from .config import ALL_TYPES, BoundaryType, SynthesisConfig
+from .index import DatasetIndex, VideoInfo
+from .planner import Planner, PlanningError, SamplePlan, SourceRef
+from .synthesis import Layout, OutDType, RecipeTables, synthesize, synthesize_reference
+
+__version__ = "0.1.0"
+
+
+def torch_view(array, dtype="float32"):
+    """Zero-copy PyTorch tensor of a synthesized batch (NumPy or CuPy); bfloat16 batches travel as
+    uint16 bit patterns and come back as ``torch.bfloat16``."""
+    import torch
+
+    t = torch.from_dlpack(array) if hasattr(array, "__dlpack__") and not _is_numpy(array) else torch.from_numpy(array)
+    if OutDType.parse(dtype) is OutDType.BFLOAT16:
+        t = t.view(torch.bfloat16)
+    return t
+
+
+def _is_numpy(a) -> bool:
+    return type(a).__module__ == "numpy"
+
+
+__all__ = [
+    "ALL_TYPES",
+    "BoundaryType",
+    "DatasetIndex",
+    "Layout",
+    "OutDType",
+    "Planner",
+    "PlanningError",
+    "RecipeTables",
+    "SamplePlan",
+    "SourceRef",
+    "SynthesisConfig",
+    "VideoInfo",
+    "synthesize",
+    "synthesize_reference",
+    "torch_view",
+    "__version__",
+]

@@ -1,0 +1,34 @@
+"""Lazy access to the GPU stack. ``import bsp_dali`` never imports CuPy or DALI; these helpers do,
+with an error that says how to install them (STYLE.md, 9)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+INSTALL_HINT = (
+    "install the GPU extra: pip install 'bsp-dali[cu13]' (CUDA 13) or 'bsp-dali[cu12]' (CUDA 12)"
+)
+
+
+class GPUUnavailableError(RuntimeError):
+    """CuPy/DALI is missing, or no CUDA device is usable."""
+
+
+def import_cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise GPUUnavailableError(f"CuPy is not installed ({e}); {INSTALL_HINT}") from None
+    return cupy
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
+        return False

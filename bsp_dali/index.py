@@ -1,0 +1,170 @@
+"""The dataset index: which videos exist, their class, length and size.
+
+This is the first stage of the data flow (index -> planner -> decode -> synthesis -> iterator).
+The planner reads only this; it never opens a video file. ``bsp-dali index`` fills it from disk;
+tests and the demo build it from lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """One usable video. ``path`` is relative to the data root (or absolute, or a ``demo://`` URI).
+
+    ``num_frames`` counts decodable frames in presentation order; frame indices in plans and
+    recipes are 0-based positions in that order.
+    """
+
+    path: str
+    label: int
+    num_frames: int
+    fps: float = 25.0
+    width: int = 0
+    height: int = 0
+    codec: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("VideoInfo.path is empty")
+        if int(self.num_frames) < 1:
+            raise ValueError(f"{self.path}: num_frames ({self.num_frames}) must be >= 1")
+        if int(self.label) < 0:
+            raise ValueError(f"{self.path}: label ({self.label}) must be >= 0")
+        if not (self.fps > 0):
+            raise ValueError(f"{self.path}: fps ({self.fps}) must be > 0")
+
+
+class DatasetIndex:
+    """Videos plus the class map (class index -> class name).
+
+    Class indices are positions in ``classes``, which is sorted by name when built from names,
+    so the same folder gives the same labels on every machine.
+    """
+
+    def __init__(self, videos: Sequence[VideoInfo], classes: Sequence[str], root: str | None = None):
+        self.videos: tuple[VideoInfo, ...] = tuple(videos)
+        self.classes: tuple[str, ...] = tuple(classes)
+        self.root = root
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("class names must be unique")
+        for v in self.videos:
+            if v.label >= len(self.classes):
+                raise ValueError(
+                    f"{v.path}: label {v.label} has no class name (only {len(self.classes)} classes)"
+                )
+        paths = [v.path for v in self.videos]
+        if len(set(paths)) != len(paths):
+            seen: set[str] = set()
+            dup = next(p for p in paths if p in seen or seen.add(p))  # type: ignore[func-returns-value]
+            raise ValueError(f"video {dup!r} is listed twice")
+        # Dense arrays for the planner's hot path.
+        self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)
+        self.labels = np.array([v.label for v in self.videos], dtype=np.int64)
+        self._by_class = tuple(
+            np.flatnonzero(self.labels == c).astype(np.int64) for c in range(len(self.classes))
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_lists(
+        cls,
+        paths: Sequence[str],
+        class_names: Sequence[str],
+        num_frames: Sequence[int],
+        fps: Sequence[float] | float = 25.0,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        root: str | None = None,
+    ) -> "DatasetIndex":
+        """Build from parallel lists; ``sizes`` are (width, height). Classes are sorted by name."""
+        if not (len(paths) == len(class_names) == len(num_frames)):
+            raise ValueError(
+                f"paths ({len(paths)}), class_names ({len(class_names)}) and num_frames "
+                f"({len(num_frames)}) must have the same length"
+            )
+        classes = sorted(set(class_names))
+        label = {c: i for i, c in enumerate(classes)}
+        fps_list = [float(fps)] * len(paths) if isinstance(fps, (int, float)) else list(fps)
+        size_list = list(sizes) if sizes is not None else [(0, 0)] * len(paths)
+        videos = [
+            VideoInfo(p, label[c], int(n), float(f), int(s[0]), int(s[1]))
+            for p, c, n, f, s in zip(paths, class_names, num_frames, fps_list, size_list)
+        ]
+        return cls(videos, classes, root=root)
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> VideoInfo:
+        return self.videos[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def videos_of_class(self, c: int) -> np.ndarray:
+        """Indices (into ``videos``) of the videos of class ``c``, ascending."""
+        return self._by_class[c]
+
+    def class_name(self, c: int) -> str:
+        return self.classes[c]
+
+    def resolve(self, path: str) -> str:
+        """Absolute location of a video path (paths in the index are root-relative)."""
+        if self.root is None or os.path.isabs(path) or "://" in path:
+            return path
+        return os.path.join(self.root, path)
+
+    # ------------------------------------------------------------------ manifest file
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "root": self.root,
+            "classes": list(self.classes),
+            "videos": [asdict(v) for v in self.videos],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "DatasetIndex":
+        if data.get("version") != MANIFEST_VERSION:
+            raise ValueError(
+                f"manifest version {data.get('version')!r} is not supported (expected {MANIFEST_VERSION})"
+            )
+        videos = [VideoInfo(**v) for v in data["videos"]]
+        return cls(videos, data["classes"], root=data.get("root"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the manifest atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DatasetIndex":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"manifest {path} is not valid JSON: {e}") from None
+        return cls.from_json(data)
+
+    def subset(self, keep: Iterable[int]) -> "DatasetIndex":
+        """A new index with the chosen videos and the same class map."""
+        return DatasetIndex([self.videos[i] for i in keep], self.classes, root=self.root)
+
+
+__all__ = ["DatasetIndex", "VideoInfo", "MANIFEST_VERSION"]
