@@ -16,6 +16,7 @@ from .gpu import import_cupy
 from .kernel_source import kernel_source
 from .synthesis import Layout, OutDType, RecipeTables, launch_geometry, normalization
 
+NVRTC_OPTIONS = ("--std=c++14",)
 KERNEL_NAMES = {
     OutDType.FLOAT32: "bsp_synth_f32",
     OutDType.FLOAT16: "bsp_synth_f16",
@@ -27,7 +28,7 @@ KERNEL_NAMES = {
 @functools.lru_cache(maxsize=None)
 def _kernel(name: str, device_id: int) -> Any:
     cp = import_cupy()
-    module = cp.RawModule(code=kernel_source(), options=("--std=c++14",))
+    module = cp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
     return module.get_function(name)
 
 
