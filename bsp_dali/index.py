@@ -33,8 +33,12 @@ class VideoInfo:
     width: int = 0
     height: int = 0
     codec: str | None = None
+    keyframes: tuple[tuple[int, int], ...] = ()  # (frame index, pts) of some keyframes, for seeking
+    file_size: int = 0  # bytes, with mtime_ns: lets `bsp-dali index` skip unchanged files
+    mtime_ns: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "keyframes", tuple((int(a), int(b)) for a, b in self.keyframes))
         if not self.path:
             raise ValueError("VideoInfo.path is empty")
         if int(self.num_frames) < 1:
@@ -52,10 +56,13 @@ class DatasetIndex:
     so the same folder gives the same labels on every machine.
     """
 
-    def __init__(self, videos: Sequence[VideoInfo], classes: Sequence[str], root: str | None = None):
+    def __init__(self, videos: Sequence[VideoInfo], classes: Sequence[str], root: str | None = None,
+                 excluded: Sequence[Mapping[str, Any]] = ()):
         self.videos: tuple[VideoInfo, ...] = tuple(videos)
         self.classes: tuple[str, ...] = tuple(classes)
         self.root = root
+        # files found but unusable: {"path", "reason", ...}; kept so re-indexing can skip them
+        self.excluded: list[dict[str, Any]] = [dict(e) for e in excluded]
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("class names must be unique")
         for v in self.videos:
@@ -133,6 +140,7 @@ class DatasetIndex:
             "root": self.root,
             "classes": list(self.classes),
             "videos": [asdict(v) for v in self.videos],
+            "excluded": self.excluded,
         }
 
     @classmethod
@@ -142,13 +150,13 @@ class DatasetIndex:
                 f"manifest version {data.get('version')!r} is not supported (expected {MANIFEST_VERSION})"
             )
         videos = [VideoInfo(**v) for v in data["videos"]]
-        return cls(videos, data["classes"], root=data.get("root"))
+        return cls(videos, data["classes"], root=data.get("root"), excluded=data.get("excluded", ()))
 
     def save(self, path: str | Path) -> None:
         """Write the manifest atomically (temporary file, then rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
         os.replace(tmp, path)
 
     @classmethod
@@ -164,7 +172,8 @@ class DatasetIndex:
 
     def subset(self, keep: Iterable[int]) -> "DatasetIndex":
         """A new index with the chosen videos and the same class map."""
-        return DatasetIndex([self.videos[i] for i in keep], self.classes, root=self.root)
+        return DatasetIndex([self.videos[i] for i in keep], self.classes, root=self.root,
+                            excluded=self.excluded)
 
 
 __all__ = ["DatasetIndex", "VideoInfo", "MANIFEST_VERSION"]

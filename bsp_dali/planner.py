@@ -20,18 +20,23 @@ so only frames that contribute are decoded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .augment import FULL_BOX, Box, SpatialConfig, SpatialMode
+from .augment import draw as draw_spatial
 from .config import BoundaryType, SynthesisConfig, exact, round_half_up
 from .index import DatasetIndex
 
 # Rejection-sampling budget before falling back to enumerating the valid candidates. Both give
 # the same (uniform) distribution; the budget only bounds the cost of the common case.
 MAX_REJECTION_TRIES = 32
+REPLACEMENT_TAG = 0x5E9A  # entropy word of replacement draws (after a decode failure)
+ACTION_TAG = 0xAC71  # entropy word of the action stream's per-epoch permutation
 
 Term = tuple[int, int, float]  # (source slot, source frame index, weight)
 
@@ -71,6 +76,8 @@ class SamplePlan:
     sources: tuple[SourceRef, ...]
     frames: tuple[tuple[int, ...], ...]
     recipe: tuple[tuple[Term, ...], ...]
+    crop: Box = FULL_BOX  # relative (y0, x0, y1, x1), shared by all sources of the sample
+    flip: bool = False
 
     @property
     def T(self) -> int:  # noqa: N802
@@ -173,6 +180,24 @@ def frames_needed_diff_speed(tau: int, t: int, gamma: float, d: int) -> int:
     return speed_offset(2 * tau - 1, t, gamma, d) + 1
 
 
+def min_frames_needed(config: SynthesisConfig) -> int:
+    """The fewest frames a video needs to serve in any role of any enabled type: shorter videos are
+    useless under ``config`` and are excluded by ``bsp-dali index``."""
+    tau, d = config.tau, config.stride
+    needs = []
+    for kind in config.types:
+        if kind == BoundaryType.DIFF_CLASS:
+            needs.append(min(frames_needed_diff_class(tau, config.eps_range[0], d)))
+        elif kind == BoundaryType.SAME_CLASS:
+            needs.append(frames_needed_same_class(tau, d))
+        elif kind == BoundaryType.DIFF_SPEED:
+            lo, hi = config.resolved_t_range
+            needs.append(min(frames_needed_diff_speed(tau, t, g, d) for g in config.gammas for t in range(lo, hi + 1)))
+        else:
+            needs.append(frames_needed_plain(tau, d))
+    return min(needs)
+
+
 class _Pool:
     """Videos sorted by length, so 'every video with at least L frames' is a contiguous slice."""
 
@@ -198,9 +223,12 @@ class Planner:
     class only, no class with two videos, videos too short for the clip settings...).
     """
 
-    def __init__(self, index: DatasetIndex, config: SynthesisConfig | None = None, seed: int = 0):
+    def __init__(self, index: DatasetIndex, config: SynthesisConfig | None = None, seed: int = 0,
+                 spatial: SpatialConfig | None = None):
         self.index = index
         self.config = config or SynthesisConfig()
+        # No spatial config: whole frames at their own size (the box is the full frame).
+        self.spatial = spatial
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed ({seed!r}) must be a non-negative integer")
         self.seed = int(seed)
@@ -208,6 +236,7 @@ class Planner:
             raise PlanningError("the data set has no videos")
         nf = index.num_frames
         self._all = _Pool(np.arange(len(index), dtype=np.int64), nf)
+        self._order_cache: tuple[int, np.ndarray] | None = None
         self._class = [_Pool(index.videos_of_class(c), nf) for c in range(index.num_classes)]
         self._check_feasible()
 
@@ -270,22 +299,26 @@ class Planner:
                 )
 
     # ------------------------------------------------------------------ sampling helpers
-    def rng(self, sample_index: int, epoch: int) -> np.random.Generator:
-        """The random stream of one sample: a function of (seed, epoch, index) only."""
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, sample_index])))
+    def rng(self, sample_index: int, epoch: int, stream: int = 0, replacement: bool = False) -> np.random.Generator:
+        """A random stream of one sample: a function of (seed, epoch, index) only. Stream 0 draws the
+        content, stream 1 the spatial transform (so augmentation settings never change which
+        videos are picked); ``replacement`` gives the independent streams of a replacement draw."""
+        entropy = [self.seed, epoch, sample_index] + ([REPLACEMENT_TAG] if replacement else [])
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(stream,) if stream else ())))
 
     @staticmethod
     def _uniform(rng: np.random.Generator, pool: _Pool, min_frames: int, accept=None,
-                 exclude: int | None = None) -> int:
-        """A uniformly drawn video with >= min_frames frames satisfying ``accept``."""
+                 exclude: int | None = None, banned: frozenset[int] = frozenset()) -> int:
+        """A uniformly drawn video with >= min_frames frames satisfying ``accept``, other than
+        ``exclude`` and outside ``banned``."""
         start = pool.start(min_frames)
         n = len(pool.members) - start
-        if accept is None and exclude is None:
+        if accept is None and exclude is None and not banned:
             assert n > 0
             return int(pool.members[start + rng.integers(n)])
 
         def ok(v: int) -> bool:
-            return v != exclude and (accept is None or accept(v))
+            return v != exclude and v not in banned and (accept is None or accept(v))
 
         for _ in range(MAX_REJECTION_TRIES):
             if n == 0:
@@ -294,7 +327,9 @@ class Planner:
             if ok(v):
                 return v
         valid = [int(v) for v in pool.members[start:] if ok(int(v))]
-        assert valid, "feasibility check should have ruled this out"
+        if not valid:  # only reachable when videos were banned after failing to decode
+            raise PlanningError(f"no usable video is left for this sample after excluding {len(banned)} "
+                                "that failed to decode")
         return valid[int(rng.integers(len(valid)))]
 
     def _ref(self, v: int) -> SourceRef:
@@ -306,11 +341,14 @@ class Planner:
         return int(rng.integers(n - span + 1))
 
     # ------------------------------------------------------------------ the plan
-    def plan(self, sample_index: int, epoch: int = 0) -> SamplePlan:
+    def plan(self, sample_index: int, epoch: int = 0, banned: frozenset[int] = frozenset()) -> SamplePlan:
+        """The plan of one sample. ``banned`` (video positions that failed to decode) switches to the
+        sample's replacement streams and never picks those videos."""
         if sample_index < 0 or epoch < 0:
             raise ValueError(f"sample_index ({sample_index}) and epoch ({epoch}) must be >= 0")
         cfg, idx = self.config, self.index
-        rng = self.rng(sample_index, epoch)
+        rng = self.rng(sample_index, epoch, replacement=bool(banned))
+        pick = functools.partial(self._uniform, banned=frozenset(banned))
         kind = cfg.types[int(rng.choice(len(cfg.types), p=cfg.type_probs))]
         tau, d = cfg.tau, cfg.stride
         eps = gamma = t = mu = None
@@ -322,16 +360,16 @@ class Planner:
             need_a, need_b = frames_needed_diff_class(tau, eps, d)
             # A must have a partner: some other class with a video of >= need_b frames. The
             # feasibility check guarantees two such classes exist, so any A qualifies.
-            a = self._uniform(rng, self._all, need_a)
-            b = self._uniform(rng, self._all, need_b, accept=lambda v: labels[v] != labels[a])
+            a = pick(rng, self._all, need_a)
+            b = pick(rng, self._all, need_b, accept=lambda v: labels[v] != labels[a])
             a0, b0 = self._start(rng, a, need_a), self._start(rng, b, need_b)
             recipe = recipe_diff_class(tau, eps, a0, b0, d)
             videos, mu = [a, b], tau
         elif kind == BoundaryType.SAME_CLASS:
             need = frames_needed_same_class(tau, d)
-            a = self._uniform(rng, self._all, need,
+            a = pick(rng, self._all, need,
                               accept=lambda v: self._class[labels[v]].count(need) >= 2)
-            b = self._uniform(rng, self._class[labels[a]], need, exclude=a)
+            b = pick(rng, self._class[labels[a]], need, exclude=a)
             a0, b0 = self._start(rng, a, need), self._start(rng, b, need)
             recipe = recipe_same_class(tau, a0, b0, d)
             videos, mu = [a, b], tau
@@ -340,13 +378,13 @@ class Planner:
             tlo, thi = cfg.resolved_t_range
             t = int(rng.integers(tlo, thi + 1))
             need = frames_needed_diff_speed(tau, t, gamma, d)
-            v = self._uniform(rng, self._all, need)
+            v = pick(rng, self._all, need)
             s0 = self._start(rng, v, need)
             recipe = recipe_diff_speed(tau, t, gamma, s0, d)
             videos, mu = [v], t
         else:
             need = frames_needed_plain(tau, d)
-            v = self._uniform(rng, self._all, need)
+            v = pick(rng, self._all, need)
             s0 = self._start(rng, v, need)
             recipe = recipe_same_speed(tau, s0, d)
             videos = [v]
@@ -355,11 +393,54 @@ class Planner:
             tuple(sorted({f for terms in recipe for (s, f, _) in terms if s == slot}))
             for slot in range(len(videos))
         )
+        crop, flip = self._spatial(sample_index, epoch, videos[0], bool(banned))
         return SamplePlan(
             index=int(sample_index), epoch=int(epoch), type=kind, label=cfg.label_of(kind),
             tau=tau, eps=eps, gamma=gamma, t=t, mu=mu, stride=d,
             sources=tuple(self._ref(v) for v in videos), frames=frames,
-            recipe=tuple(tuple(terms) for terms in recipe),
+            recipe=tuple(tuple(terms) for terms in recipe), crop=crop, flip=flip,
+        )
+
+    def _spatial(self, sample_index: int, epoch: int, first_video: int, replacement: bool) -> tuple[Box, bool]:
+        if self.spatial is None:
+            return FULL_BOX, False
+        info = self.index.videos[first_video]
+        rng = self.rng(sample_index, epoch, stream=1, replacement=replacement)
+        return draw_spatial(rng, self.spatial, info.width, info.height)
+
+    # ------------------------------------------------------------------ action mode
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """A permutation of all videos for ``epoch`` (the action stream visits each once)."""
+        cached = self._order_cache
+        if cached is None or cached[0] != epoch:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, ACTION_TAG])))
+            self._order_cache = (epoch, rng.permutation(len(self.index)))
+        return self._order_cache[1]
+
+    def plan_action(self, sample_index: int, epoch: int = 0, banned: frozenset[int] = frozenset()) -> SamplePlan:
+        """A plain clip of ``T`` frames at the stride, no synthesis, labelled with its action class
+        (the vanilla stream). Sample ``i`` of an epoch is the ``i``-th video of that epoch's
+        permutation (modulo the data-set size). Videos shorter than the clip repeat their last
+        frame; a banned video is replaced by a random usable one."""
+        if sample_index < 0 or epoch < 0:
+            raise ValueError(f"sample_index ({sample_index}) and epoch ({epoch}) must be >= 0")
+        cfg = self.config
+        T, d = cfg.T, cfg.stride
+        v = int(self.epoch_order(epoch)[sample_index % len(self.index)])
+        rng = self.rng(sample_index, epoch, stream=2, replacement=bool(banned))
+        if v in banned:
+            v = self._uniform(rng, self._all, 1, banned=frozenset(banned))
+        n = int(self.index.num_frames[v])
+        span = (T - 1) * d + 1
+        s0 = int(rng.integers(n - span + 1)) if n >= span else 0
+        recipe = [[(0, min(s0 + i * d, n - 1), 1.0)] for i in range(T)]
+        frames = (tuple(sorted({terms[0][1] for terms in recipe})),)
+        crop, flip = self._spatial(sample_index, epoch, v, bool(banned))
+        info = self._ref(v)
+        return SamplePlan(
+            index=int(sample_index), epoch=int(epoch), type=BoundaryType.SAME_SPEED, label=info.label,
+            tau=cfg.tau, eps=None, gamma=None, t=None, mu=None, stride=d, sources=(info,),
+            frames=frames, recipe=tuple(tuple(t) for t in recipe), crop=crop, flip=flip,
         )
 
     def plan_many(self, indices: Iterable[int], epoch: int = 0) -> list[SamplePlan]:
@@ -381,5 +462,6 @@ __all__ = [
     "SamplePlan",
     "SourceRef",
     "boundary_heatmap",
+    "min_frames_needed",
     "plans_summary",
 ]

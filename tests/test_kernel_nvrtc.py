@@ -20,9 +20,12 @@ def find_nvrtc():
         cands += glob.glob(os.path.join(base, "nvidia", "cu1*", "lib", "libnvrtc.so*"))
         cands += glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*"))
     cands += glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*")
-    cands = [c for c in cands if "builtins" not in c]
+    cands = [c for c in cands if "builtins" not in c and ".alt." not in c]
     for c in sorted(cands):
         try:
+            # NVRTC dlopens its builtins by name: load them first, from the same folder
+            for b in sorted(glob.glob(os.path.join(os.path.dirname(c), "libnvrtc-builtins.so*"))):
+                ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
             return ctypes.CDLL(c)
         except OSError:
             continue

@@ -1,0 +1,122 @@
+"""Spatial transform of a sample: drawn once per sample by the planner, applied to all its sources.
+
+A boundary must never be detectable from a change of crop alone, so both sources of a
+diff_class/same_class clip get the same relative crop box and the same flip. The box is relative
+(fractions of the frame: ``(y0, x0, y1, x1)``), drawn against the first source's size, so sources
+of different resolutions are cut alike.
+
+Modes:
+
+* ``train``: random resized crop (area fraction in ``scale``, aspect ratio in ``ratio``, the
+  torchvision recipe) and a horizontal flip with probability ``flip_prob``;
+* ``eval``: the centre crop of ``crop_fraction`` of the short side at the output aspect ratio;
+* ``resize``: the whole frame resized to the output size (previews).
+
+The GPU applies the box with DALI's ``fn.resize`` (relative ROI, linear, antialiased); the CPU
+with Pillow (bilinear, antialiased): the two agree within resampling tolerance.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) relative
+FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
+
+
+class SpatialMode(enum.Enum):
+    TRAIN = "train"
+    EVAL = "eval"
+    RESIZE = "resize"
+
+    @classmethod
+    def parse(cls, value: "SpatialMode | str") -> "SpatialMode":
+        if isinstance(value, SpatialMode):
+            return value
+        for m in cls:
+            if m.value == str(value).lower():
+                return m
+        raise ValueError(f"unknown spatial mode {value!r}; expected one of {[m.value for m in cls]}")
+
+
+@dataclass(frozen=True)
+class SpatialConfig:
+    """Output size and spatial augmentation. Defaults follow TSM/torchvision training: 224x224,
+    random resized crop of 25%-100% of the area with aspect 3/4..4/3, horizontal flip half the time;
+    evaluation takes the centre 87.5% of the short side."""
+
+    size: tuple[int, int] = (224, 224)
+    mode: SpatialMode = SpatialMode.TRAIN
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    crop_fraction: float = 0.875
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", SpatialMode.parse(self.mode))
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        h, w = self.size
+        if h < 1 or w < 1:
+            raise ValueError(f"size ({self.size}) must be positive")
+        lo, hi = self.scale
+        if not (0 < lo <= hi <= 1):
+            raise ValueError(f"scale ({self.scale}) must satisfy 0 < min <= max <= 1")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"ratio ({self.ratio}) must satisfy 0 < min <= max")
+        if not (0 <= self.flip_prob <= 1):
+            raise ValueError(f"flip_prob ({self.flip_prob}) must be in [0, 1]")
+        if not (0 < self.crop_fraction <= 1):
+            raise ValueError(f"crop_fraction ({self.crop_fraction}) must be in (0, 1]")
+
+
+def draw(rng: np.random.Generator, cfg: SpatialConfig, width: int, height: int) -> tuple[Box, bool]:
+    """The (box, flip) of one sample; ``width``/``height`` of its first source (0 if unknown)."""
+    if cfg.mode is SpatialMode.RESIZE:
+        return FULL_BOX, False
+    w = float(width) if width > 0 else float(cfg.size[1])
+    h = float(height) if height > 0 else float(cfg.size[0])
+    out_aspect = cfg.size[1] / cfg.size[0]
+    if cfg.mode is SpatialMode.EVAL:
+        bw = min(w, h * out_aspect) * cfg.crop_fraction
+        bh = bw / out_aspect
+        x0, y0 = (w - bw) / 2, (h - bh) / 2
+        return (y0 / h, x0 / w, (y0 + bh) / h, (x0 + bw) / w), False
+    area = w * h
+    log_lo, log_hi = math.log(cfg.ratio[0]), math.log(cfg.ratio[1])
+    box = None
+    for _ in range(10):  # torchvision's recipe: 10 tries, then a centre crop
+        target = area * rng.uniform(cfg.scale[0], cfg.scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        bw, bh = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if 0 < bw <= w and 0 < bh <= h:
+            x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            box = (y0 / h, x0 / w, (y0 + bh) / h, (x0 + bw) / w)
+            break
+    if box is None:
+        aspect = min(max(w / h, cfg.ratio[0]), cfg.ratio[1])
+        bw, bh = (w, w / aspect) if w / h < aspect else (h * aspect, h)
+        box = ((h - bh) / 2 / h, (w - bw) / 2 / w, (h + bh) / 2 / h, (w + bw) / 2 / w)
+    flip = bool(rng.random() < cfg.flip_prob)
+    return box, flip
+
+
+def apply_cpu(frames: np.ndarray, box: Box, flip: bool, size: tuple[int, int]) -> np.ndarray:
+    """FHWC uint8 -> FHWC uint8 of ``size``: crop ``box``, resize (bilinear, antialiased), flip."""
+    from PIL import Image
+
+    F, H, W, _ = frames.shape
+    out_h, out_w = size
+    y0, x0, y1, x1 = box
+    if box == FULL_BOX and (H, W) == (out_h, out_w):
+        out = frames.copy()
+    else:
+        pixel_box = (x0 * W, y0 * H, x1 * W, y1 * H)
+        out = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BILINEAR, box=pixel_box))
+                        for f in frames]) if F else np.zeros((0, out_h, out_w, frames.shape[3]), np.uint8)
+    if flip:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
