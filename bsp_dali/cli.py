@@ -88,49 +88,114 @@ OPT_TYPES = typer.Option(None, "--types", help="Enabled boundary types, comma se
 OPT_PROBS = typer.Option(None, "--probs", help="Type probabilities, one per enabled type, repeatable.")
 
 
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@app.command()
+def index(
+    data_root: Path = typer.Argument(..., help="Data root: a Kinetics-layout folder ([split/]class/video.mp4)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Kinetics annotation CSV (label,youtube_id,time_start,time_end,split)."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path label' lines (paths relative to DATA_ROOT)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (a sub-folder, or the CSV's split column)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Manifest to write (default DATA_ROOT/bsp-dali-manifest.json)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Machine-readable report (default: next to the manifest, .report.json)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel probe processes (default: all cores)."),
+    min_frames: Optional[int] = typer.Option(None, "--min-frames", help="Exclude videos shorter than this (default: what the default clip settings need)."),
+) -> None:
+    """Probe every video (decoding it in full) and write the manifest the other commands read.
+
+    Unusable files (empty, not a video, no video stream, truncated, undecodable, too short,
+    listed but missing) are excluded and reported with their reason; the exit status is non-zero
+    only when nothing usable is left. Re-running skips files that did not change.
+    """
+    from .ingest import MANIFEST_NAME, IngestError, index_data
+    from .planner import min_frames_needed
+
+    try:
+        need = min_frames if min_frames is not None else min_frames_needed(SynthesisConfig())
+        if need < 1:
+            raise UserError(f"--min-frames ({need}) must be >= 1")
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers ({workers}) must be >= 1")
+        manifest = out or (data_root / MANIFEST_NAME)
+        with _progress("probing") as bar:
+            task = bar.add_task("probe", total=None)
+            rep = index_data(data_root, annotations=annotations, list_file=list_file, split=split,
+                             min_frames=need, manifest=manifest, workers=workers,
+                             progress_total=lambda n: bar.update(task, total=n),
+                             progress=lambda k: bar.advance(task, k))
+    except (UserError, IngestError, ValueError) as e:
+        _fail(str(e))
+        return
+    report_path = report or manifest.with_name(manifest.name.replace(".json", "") + ".report.json")
+    report_path.write_text(json.dumps(rep.to_json(), indent=1))
+    idx = rep.index
+    out_console.print(f"{len(idx)} usable videos in {len(idx.classes)} classes "
+                      f"({rep.probed} probed, {rep.reused} unchanged since the last index)")
+    if rep.excluded:
+        out_console.print(f"{len(rep.excluded)} excluded: " +
+                          ", ".join(f"{k}: {v}" for k, v in sorted(rep.reasons().items())))
+        for e in rep.excluded[:10]:
+            out_console.print(f"  {e['path']}: {e['reason']}")
+        if len(rep.excluded) > 10:
+            out_console.print(f"  ... {len(rep.excluded) - 10} more in {report_path}")
+    out_console.print(f"manifest: {manifest}\nreport: {report_path}")
+
+
 @app.command()
 def preview(
+    data: Optional[Path] = typer.Argument(None, help="A manifest, or a folder indexed with `bsp-dali index` (default: the built-in demo set)."),
     out: Path = typer.Option(Path("preview"), "--out", help="Output folder."),
     num: int = typer.Option(8, "--num", help="Number of samples."),
-    size: Tuple[int, int] = typer.Option((64, 64), "--size", help="Frame size H W."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Frame size H W (default 64 64 for the demo, 112 112 for data)."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="Random resized crop and flip as in training (default: plain resize to --size)."),
     seed: int = typer.Option(0, "--seed", help="Planner seed: the same seed gives the same samples."),
     epoch: int = typer.Option(0, "--epoch", help="Epoch whose samples are shown."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu (the CuPy kernel)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu (NVDEC + the CUDA kernel)."),
+    decoder: str = typer.Option("auto", "--decoder", help="auto, dali or pyav (CPU decoding of H.264 always uses PyAV)."),
+    gif: bool = typer.Option(False, "--gif", help="Also write an animated GIF per sample."),
     demo_classes: int = typer.Option(4, "--demo-classes", help="Classes of the built-in demo set."),
     config: Optional[Path] = OPT_CONFIG, tau: Optional[int] = OPT_TAU, eps: Optional[Tuple[int, int]] = OPT_EPS,
     gamma: Optional[List[float]] = OPT_GAMMA, t_range: Optional[Tuple[int, int]] = OPT_T,
     stride: Optional[int] = OPT_STRIDE, types: Optional[List[str]] = OPT_TYPES,
     probs: Optional[List[float]] = OPT_PROBS,
 ) -> None:
-    """Synthesize a few samples of the built-in demo set and write grid.png, samples.jsonl and
-    clips/*.npy (uint8 T,H,W,3) to --out.
+    """Synthesize a few samples and write grid.png, samples.jsonl and clips/*.npy (uint8 T,H,W,3)
+    to --out.
 
-    Example: bsp-dali preview --out preview --num 8 --types diff_class,same_speed
+    Example: bsp-dali preview data/kinetics --out preview --num 8 --types diff_class,same_speed
     """
-    from .demo import DemoReader, demo_index
-    from .planner import Planner
+    from .augment import SpatialConfig, SpatialMode
+    from .demo import demo_index
+    from .ingest import IngestError, load_data
+    from .iterator import DecodeFailures
+    from .planner import PlanningError
     from .preview import write_preview
 
     try:
         if num < 1:
             raise UserError(f"--num ({num}) must be >= 1")
-        h, w = size
+        h, w = size if size else ((64, 64) if data is None else (112, 112))
         if h < 2 or w < 2:
             raise UserError(f"--size ({h} {w}) must be at least 2 2")
         cfg = _synthesis_config(config, tau, eps, gamma, t_range, stride, types, probs)
         dev = _device(device)
-        index = demo_index(num_classes=demo_classes)
-        planner = Planner(index, cfg, seed=seed)
-        with Progress(TextColumn("synthesizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        idx = demo_index(num_classes=demo_classes, size=(h, w)) if data is None else load_data(data)
+        spatial = SpatialConfig(size=(h, w), mode=SpatialMode.TRAIN if augment else SpatialMode.RESIZE)
+        with _progress("synthesizing") as bar:
             task = bar.add_task("preview", total=num)
-            summary = write_preview(out, planner, DemoReader(h, w), num, epoch=epoch, device=dev,
-                                    progress=lambda k: bar.advance(task, k))
-    except (UserError, ValueError, GPUUnavailableError) as e:
+            summary = write_preview(out, idx, num, synthesis=cfg, spatial=spatial, seed=seed, epoch=epoch,
+                                    device=dev, decoder=decoder, gif=gif, progress=lambda k: bar.advance(task, k))
+    except (UserError, ValueError, GPUUnavailableError, IngestError, PlanningError, DecodeFailures) as e:
         _fail(str(e))
         return
     types_str = ", ".join(f"{k}: {v}" for k, v in sorted(summary["types"].items()))
-    out_console.print(f"wrote {num} samples ({types_str}) on {dev} to {out}/: grid.png, samples.jsonl, clips/")
+    out_console.print(f"wrote {num} samples ({types_str}) on {summary['device']} (decoder: {summary['decoder']}) "
+                      f"to {out}/: grid.png, samples.jsonl, clips/")
+    for path, reason in summary["failures"]:
+        out_console.print(f"[yellow]replaced samples of {path}: {reason}[/]")
 
 
 @app.command()

@@ -84,8 +84,8 @@ def parse_demo_path(path: str) -> tuple[int, int]:
 
 
 def demo_index(num_classes: int = 4, videos_per_class: int = 6, min_frames: int = 48,
-               max_frames: int = 96, seed: int = 0) -> DatasetIndex:
-    """An index of procedural videos (lengths drawn from the seed)."""
+               max_frames: int = 96, seed: int = 0, size: tuple[int, int] = (64, 64)) -> DatasetIndex:
+    """An index of procedural videos (lengths drawn from the seed) rendered at ``size`` (H, W)."""
     if not (1 <= num_classes <= len(DEMO_CLASSES)):
         raise ValueError(f"num_classes ({num_classes}) must be in 1..{len(DEMO_CLASSES)}")
     if videos_per_class < 1 or min_frames < 1 or max_frames < min_frames:
@@ -97,7 +97,8 @@ def demo_index(num_classes: int = 4, videos_per_class: int = 6, min_frames: int 
             paths.append(f"{DEMO_SCHEME}{DEMO_CLASSES[c]}/{v}")
             names.append(DEMO_CLASSES[c])
             lengths.append(int(rng.integers(min_frames, max_frames + 1)))
-    return DatasetIndex.from_lists(paths, names, lengths, fps=25.0)
+    h, w = size
+    return DatasetIndex.from_lists(paths, names, lengths, fps=25.0, sizes=[(w, h)] * len(paths))
 
 
 class DemoReader:

@@ -58,7 +58,7 @@ class IngestReport:
         """Excluded files counted by the first word of their reason (``truncated``...)."""
         out: dict[str, int] = {}
         for e in self.excluded:
-            key = e["reason"].split(":")[0]
+            key = e["reason"].split(":")[0].split(" (")[0]
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -192,7 +192,8 @@ def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames
         if prev is not None and prev.file_size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
             if prev.num_frames >= min_frames:
                 ok[e.path] = (e.class_name, {k: getattr(prev, k) for k in
-                                             ("num_frames", "fps", "width", "height", "codec", "keyframes")})
+                                             ("num_frames", "fps", "width", "height", "codec", "keyframes",
+                                              "file_size", "mtime_ns")})
             else:
                 excluded.append({"path": e.path, "class": e.class_name, "file_size": st.st_size,
                                  "mtime_ns": st.st_mtime_ns,

@@ -181,21 +181,10 @@ def frames_needed_diff_speed(tau: int, t: int, gamma: float, d: int) -> int:
 
 
 def min_frames_needed(config: SynthesisConfig) -> int:
-    """The fewest frames a video needs to serve in any role of any enabled type: shorter videos are
-    useless under ``config`` and are excluded by ``bsp-dali index``."""
-    tau, d = config.tau, config.stride
-    needs = []
-    for kind in config.types:
-        if kind == BoundaryType.DIFF_CLASS:
-            needs.append(min(frames_needed_diff_class(tau, config.eps_range[0], d)))
-        elif kind == BoundaryType.SAME_CLASS:
-            needs.append(frames_needed_same_class(tau, d))
-        elif kind == BoundaryType.DIFF_SPEED:
-            lo, hi = config.resolved_t_range
-            needs.append(min(frames_needed_diff_speed(tau, t, g, d) for g in config.gammas for t in range(lo, hi + 1)))
-        else:
-            needs.append(frames_needed_plain(tau, d))
-    return min(needs)
+    """The length below which ``bsp-dali index`` excludes a video: one plain clip of ``T`` frames at
+    the stride (what same_speed and the action stream need; shorter videos could only ever serve as
+    one half of a two-source clip)."""
+    return frames_needed_plain(config.tau, config.stride)
 
 
 class _Pool:

@@ -1,9 +1,11 @@
 """``bsp-dali preview``: render a few synthesized samples so a person can see what the encoder sees.
 
-Writes, into the output folder:
+The samples go through the real pipeline (planner, decoder, spatial transform, synthesis kernel)
+with a uint8 output instead of the normalised one. Writes, into the output folder:
 
 * ``samples.jsonl``: one recipe object per sample (BSP-METHOD.md's format);
-* ``clips/<index:06d>.npy``: uint8 ``(T, H, W, 3)`` synthesized frames before normalisation;
+* ``clips/<index:06d>.npy``: uint8 ``(T, H, W, 3)``, the synthesized frames after the spatial
+  transform, before normalisation (and ``clips/<index:06d>.gif`` with ``gif=True``);
 * ``grid.png``: one row per sample, frames as columns (the paper's Fig. 2 style); blended frames
   are framed in orange, frames after the boundary (``i >= mu``) are underlined in red, and each row
   is captioned with its type and parameters.
@@ -14,38 +16,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .index import VideoInfo
-from .planner import Planner, SamplePlan, plans_summary
-from .synthesis import Layout, OutDType, RecipeTables, synthesize
+from .augment import SpatialConfig
+from .config import SynthesisConfig
+from .index import DatasetIndex
+from .planner import SamplePlan, plans_summary
 
 BLEND_COLOUR = (255, 140, 0)
 AFTER_COLOUR = (220, 30, 30)
-
-
-class FrameReader(Protocol):
-    def read(self, video: VideoInfo, frames: Sequence[int]) -> np.ndarray:  # FHWC uint8
-        ...
-
-
-def render_batch(plans: Sequence[SamplePlan], reader: FrameReader, index_videos: Sequence[VideoInfo],
-                 device: str = "cpu") -> np.ndarray:
-    """Decode the plans' frames and synthesize them as uint8 previews: (N, T, H, W, 3)."""
-    stacks = [reader.read(index_videos[src.video], frames)
-              for plan in plans for src, frames in zip(plan.sources, plan.frames)]
-    tables = RecipeTables.from_plans(plans)
-    if device == "gpu":
-        from .gpu import import_cupy
-
-        cp = import_cupy()
-        out = synthesize([cp.asarray(s) for s in stacks], tables, dtype=OutDType.UINT8, layout=Layout.NTCHW)
-        ntchw = cp.asnumpy(out)
-    else:
-        ntchw = synthesize(stacks, tables, dtype=OutDType.UINT8, layout=Layout.NTCHW)
-    return np.ascontiguousarray(ntchw.transpose(0, 1, 3, 4, 2))  # (N, T, C, H, W) -> (N, T, H, W, C)
 
 
 def caption(plan: SamplePlan) -> str:
@@ -67,7 +48,7 @@ def make_grid(clips: np.ndarray, plans: Sequence[SamplePlan], scale: int = 1) ->
     N, T, H, W, _ = clips.shape
     h, w = H * scale, W * scale
     pad, cap = 4, 14
-    img = Image.new("RGB", (pad + T * (w + pad), N * (cap + h + 2 * pad) + pad), (255, 255, 255))
+    img = Image.new("RGB", (max(pad + T * (w + pad), 360), N * (cap + h + 2 * pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     for n, plan in enumerate(plans):
         y0 = pad + n * (cap + h + 2 * pad)
@@ -85,29 +66,50 @@ def make_grid(clips: np.ndarray, plans: Sequence[SamplePlan], scale: int = 1) ->
     return img
 
 
-def write_preview(out_dir: str | os.PathLike, planner: Planner, reader: FrameReader, num: int,
-                  epoch: int = 0, device: str = "cpu", batch_size: int = 8,
-                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Plan ``num`` samples, render them and write the preview files. Returns a summary."""
+def write_preview(out_dir: str | os.PathLike, index: DatasetIndex, num: int, *,
+                  synthesis: SynthesisConfig | None = None, spatial: SpatialConfig | None = None, seed: int = 0,
+                  epoch: int = 0, device: str = "cpu", decoder: str = "auto", batch_size: int = 8,
+                  gif: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Synthesize samples ``0..num-1`` of ``epoch`` and write the preview files. Returns a summary."""
+    from .iterator import BSPIterator
+
     if num < 1:
         raise ValueError(f"num ({num}) must be >= 1")
     out = Path(out_dir)
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    plans = planner.plan_many(range(num), epoch=epoch)
+    it = BSPIterator(index, batch_size=min(batch_size, num), synthesis=synthesis, spatial=spatial, seed=seed,
+                     epoch_size=num, device=device, decoder=decoder, dtype="uint8", layout="NTCHW",
+                     last_batch_policy="partial", shard=(0, 1))
+    it.set_epoch(epoch)
+    plans: list[SamplePlan] = []
     clips_all = []
     jsonl_tmp = out / "samples.jsonl.tmp"
-    with open(jsonl_tmp, "w") as fh:
-        for start in range(0, num, batch_size):
-            batch = plans[start:start + batch_size]
-            clips = render_batch(batch, reader, planner.index.videos, device=device)
-            for plan, clip in zip(batch, clips):
-                np.save(out / "clips" / f"{plan.index:06d}.npy", clip)
-                fh.write(json.dumps(plan.to_json()) + "\n")
-            clips_all.append(clips)
-            if progress:
-                progress(len(batch))
+    try:
+        with open(jsonl_tmp, "w") as fh:
+            for raw in it.iter_raw():
+                video = raw.video if isinstance(raw.video, np.ndarray) else raw.video.get()
+                clips = np.ascontiguousarray(video.transpose(0, 1, 3, 4, 2))  # (N,T,C,H,W) -> (N,T,H,W,C)
+                for plan, clip in zip(raw.plans, clips):
+                    np.save(out / "clips" / f"{plan.index:06d}.npy", clip)
+                    if gif:
+                        _save_gif(out / "clips" / f"{plan.index:06d}.gif", clip)
+                    fh.write(json.dumps(plan.to_json()) + "\n")
+                plans.extend(raw.plans)
+                clips_all.append(clips)
+                if progress:
+                    progress(len(raw.plans))
+    finally:
+        it.close()
     os.replace(jsonl_tmp, out / "samples.jsonl")
     clips = np.concatenate(clips_all)
     scale = max(1, 96 // clips.shape[2])
     make_grid(clips, plans, scale=scale).save(out / "grid.png")
-    return {"out": str(out), "num": num, "types": plans_summary(plans), "frame_size": list(clips.shape[2:4])}
+    return {"out": str(out), "num": num, "types": plans_summary(plans), "frame_size": list(clips.shape[2:4]),
+            "failures": it.failures, "device": it.device, "decoder": it.decoder_description}
+
+
+def _save_gif(path: Path, clip: np.ndarray) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in clip]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=160, loop=0)

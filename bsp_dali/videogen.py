@@ -112,3 +112,22 @@ def write_index_video(path: str | os.PathLike, num_frames: int, height: int = 64
     """A video whose frame ``i`` is ``index_frame(i)``."""
     return write_video(path, (index_frame(i, height, width, seed) for i in range(num_frames)), fps=fps,
                        codec=codec, gop=gop)
+
+
+def write_kinetics_folder(root: str | os.PathLike, num_classes: int = 3, per_class: int = 3,
+                          frames: tuple[int, int] = (40, 60), size: tuple[int, int] = (64, 96),
+                          codec: str = "h264", split: str = "train", ext: str | None = None,
+                          fps: float = 25.0, gop: int | None = 12, seed: int = 0) -> list[Path]:
+    """A small Kinetics-layout folder ``root/split/class_k/<id>_<start>_<end>.<ext>`` of index
+    videos (each frame says its index; ``seed`` varies the content per video). Returns the paths."""
+    ext = ext or {"vp9": "webm", "vp8": "webm", "mjpeg": "avi"}.get(codec, "mp4")
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c in range(num_classes):
+        for v in range(per_class):
+            n = int(rng.integers(frames[0], frames[1] + 1))
+            start = int(rng.integers(0, 300))
+            path = Path(root) / split / f"class_{c}" / f"vid{c:02d}{v:02d}x{seed:03d}_{start:06d}_{start + 10:06d}.{ext}"
+            write_index_video(path, n, size[0], size[1], fps=fps, codec=codec, seed=c * 100 + v, gop=gop)
+            paths.append(path)
+    return paths

@@ -16,3 +16,58 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------------- generated data
+@pytest.fixture(scope="session")
+def kinetics_h264(tmp_path_factory):
+    """A Kinetics-layout folder of H.264 .mp4 index videos (3 classes x 3 videos)."""
+    from bsp_dali.videogen import write_kinetics_folder
+
+    root = tmp_path_factory.mktemp("kinetics_h264")
+    write_kinetics_folder(root, num_classes=3, per_class=3, codec="h264", frames=(40, 60))
+    return root
+
+
+@pytest.fixture(scope="session")
+def kinetics_vp9(tmp_path_factory):
+    """A Kinetics-layout folder of VP9 .webm index videos (3 classes x 2 videos)."""
+    from bsp_dali.videogen import write_kinetics_folder
+
+    root = tmp_path_factory.mktemp("kinetics_vp9")
+    write_kinetics_folder(root, num_classes=3, per_class=2, codec="vp9", frames=(40, 60), seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def indexed_h264(kinetics_h264):
+    from bsp_dali.ingest import index_data
+
+    return index_data(kinetics_h264, min_frames=8, workers=1).index
+
+
+@pytest.fixture(scope="session")
+def indexed_vp9(kinetics_vp9):
+    from bsp_dali.ingest import index_data
+
+    return index_data(kinetics_vp9, min_frames=8, workers=1).index
+
+
+def ffmpeg_frames(path):
+    """Every frame of a video decoded by the ffmpeg program (imageio-ffmpeg's binary): a decoder
+    independent of PyAV and DALI. Returns (F, H, W, 3) uint8, or None when ffmpeg is missing."""
+    import subprocess
+
+    import numpy as np
+
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    import av
+
+    with av.open(str(path)) as c:
+        w, h = c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height
+    res = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-"], capture_output=True, check=True)
+    return np.frombuffer(res.stdout, np.uint8).reshape(-1, h, w, 3)
