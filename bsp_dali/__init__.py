@@ -4,12 +4,22 @@ Data flows one way: dataset index -> planner -> decode -> synthesis kernel -> it
 Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are imported where used.
 """
 
+from .augment import SpatialConfig, SpatialMode
 from .config import ALL_TYPES, BoundaryType, SynthesisConfig
 from .index import DatasetIndex, VideoInfo
 from .planner import Planner, PlanningError, SamplePlan, SourceRef
 from .synthesis import Layout, OutDType, RecipeTables, synthesize, synthesize_reference
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The iterator pulls in PyTorch: import it on first use, not with the package.
+    if name in ("BSPIterator", "LastBatchPolicy", "DecodeFailures"):
+        from . import iterator
+
+        return getattr(iterator, name)
+    raise AttributeError(f"module 'bsp_dali' has no attribute {name!r}")
 
 
 def torch_view(array, dtype="float32"):
@@ -29,6 +39,11 @@ def _is_numpy(a) -> bool:
 
 __all__ = [
     "ALL_TYPES",
+    "BSPIterator",
+    "DecodeFailures",
+    "LastBatchPolicy",
+    "SpatialConfig",
+    "SpatialMode",
     "BoundaryType",
     "DatasetIndex",
     "Layout",

@@ -89,7 +89,8 @@ def test_help_and_info_run_from_the_source_tree_without_install(tmp_path):
 
 
 def test_import_needs_no_gpu_stack():
-    code = "import sys, bsp_dali; assert 'cupy' not in sys.modules and 'nvidia.dali' not in sys.modules; print('ok')"
+    code = ("import sys, bsp_dali; assert 'cupy' not in sys.modules and 'nvidia.dali' not in sys.modules"
+            " and 'torch' not in sys.modules; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
