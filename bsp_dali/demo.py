@@ -10,8 +10,10 @@ Paths look like ``demo://<class>/<video number>``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -119,3 +121,28 @@ class DemoReader:
         for i, f in enumerate(frames):
             out[i] = render_frame(cls, num, int(f), self.height, self.width)
         return out
+
+
+def write_demo_videos(root: str | os.PathLike, num_classes: int = 4, per_class: int = 12,
+                      size: tuple[int, int] = (64, 64), frames: tuple[int, int] = (64, 96), seed: int = 0,
+                      progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Write the procedural classes as real H.264 files in the Kinetics layout
+    ``root/train/<class>/<class>_<n>_000000_000010.mp4`` (skipping files already there)."""
+    from .videogen import write_video
+
+    if not (1 <= num_classes <= len(DEMO_CLASSES)):
+        raise ValueError(f"num_classes ({num_classes}) must be in 1..{len(DEMO_CLASSES)}")
+    rng = np.random.default_rng(seed)
+    h, w = size
+    paths = []
+    for c in range(num_classes):
+        name = DEMO_CLASSES[c]
+        for v in range(per_class):
+            n = int(rng.integers(frames[0], frames[1] + 1))
+            path = Path(root) / "train" / name / f"{name}_{v:03d}_000000_000010.mp4"
+            if not path.exists():
+                write_video(path, (render_frame(c, v, i, h, w) for i in range(n)), fps=25.0, codec="h264", gop=25)
+            paths.append(path)
+            if progress:
+                progress(1)
+    return paths
