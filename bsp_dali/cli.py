@@ -311,8 +311,12 @@ def demo(
         _fail(str(e))
         return
     acc = result["boundary_accuracy"]
-    out_console.print(f"4-way boundary accuracy on {result['val_clips']} held-out clips: "
-                      f"{100 * acc:.1f}% (chance {100 * result['chance']:.0f}%)")
+    if acc is None:
+        out_console.print("[yellow]no validation: the held-out videos could not supply every clip type "
+                          "(use more --per-class)[/]")
+    else:
+        out_console.print(f"4-way boundary accuracy on {result['val_clips']} held-out clips: "
+                          f"{100 * acc:.1f}% (chance {100 * result['chance']:.0f}%)")
     out_console.print(f"report: {result['files']['report']}  preview: {result['files']['preview']}  "
                       f"checkpoint: {result['files']['checkpoint']}")
 

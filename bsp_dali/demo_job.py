@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ def demo_train_config(data: Path, out: Path, minutes: float, size: int, gpus: in
 
 
 def run_demo(out: str | Path = "demo-out", minutes: float = 7.0, size: int = 32, classes: int = 4,
-             per_class: int = 12, gpus: int | None = None,
+             per_class: int = 12, gpus: int | None = None, val_clips: int = 256,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     out = Path(out)
     t0 = time.time()
@@ -55,7 +56,7 @@ def run_demo(out: str | Path = "demo-out", minutes: float = 7.0, size: int = 32,
     write_demo_videos(data, num_classes=classes, per_class=per_class, size=(64, 64), progress=step)
     report = index_data(data, min_frames=8)
     index = report.index
-    cfg = demo_train_config(data, out / "run", minutes, size, gpus)
+    cfg = dataclasses.replace(demo_train_config(data, out / "run", minutes, size, gpus), val_clips=val_clips)
     summary = train(cfg)
     val = summary.get("validation", {})
     # the preview grid, from held-out videos, as the encoder saw them in validation
@@ -85,7 +86,7 @@ def _report_md(r: dict[str, Any]) -> str:
              f"**{100 * acc:.1f}%** (chance {100 * r['chance']:.0f}%)." if acc is not None else
              "No validation result.", "", "Confusion matrix (rows: true, columns: predicted):", "",
              "| | " + " | ".join(r["labels"]) + " |", "|---" * (len(r["labels"]) + 1) + "|"]
-    for name, row in zip(r["labels"], r["confusion"] or []):
+    for name, row in zip(r["labels"], r["confusion"] or []):  # no rows without validation
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "Files:", ""] + [f"- {k}: `{v}`" for k, v in r["files"].items()]
     return "\n".join(lines) + "\n"

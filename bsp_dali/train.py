@@ -440,6 +440,7 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
             save(last)
             if loader.position >= len(loader):  # a whole epoch: keep its checkpoint too
                 save(ckpt_dir / f"epoch-{epoch:03d}.pt")
+            sync_buffers(model, world)  # BatchNorm statistics: rank 0's, as DDP uses them next forward
             last_epoch = stop or epoch == cfg.epochs - 1
             val = validate(model, val_index, cfg, common, autocast, world) \
                 if last_epoch or (epoch + 1) % cfg.val_every == 0 else {}
@@ -458,6 +459,8 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         for ldr in (bsp_loader, action_loader):
             if ldr is not None:
                 ldr.close()
+    # a fingerprint of the weights on every rank: DDP keeps them identical, and the summary shows it
+    summary["weight_fingerprints"] = gather_objects(weight_fingerprint(model), world)
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if world > 1 and dist.is_initialized():
@@ -537,6 +540,28 @@ def _agree(flag: bool, world: int) -> bool:
     t = torch.tensor([1 if flag else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def sync_buffers(model: Any, world: int) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP broadcasts them at
+    each forward, so after the last step the ranks differ by their own last update."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b, 0)
+
+
+def weight_fingerprint(model: Any) -> str:
+    """A hash of every parameter's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> None:

@@ -36,6 +36,13 @@ def _load(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _load_into(module: nn.Module, state: dict[str, Any], path: str | Path) -> tuple[list[str], list[str]]:
+    try:
+        return module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[-1].strip()}") from None
+
+
 _BLOCK_CONV1 = re.compile(r"^(layer\d+\.\d+)\.conv1\.(weight|bias)$")
 
 
@@ -49,7 +56,7 @@ def load_imagenet_resnet(encoder: TSMEncoder, path: str | Path) -> list[str]:
             skipped.append(k)
             continue
         mapped[_BLOCK_CONV1.sub(r"\1.conv1.net.\2", k)] = v
-    missing, unexpected = encoder.base_model.load_state_dict(mapped, strict=False)
+    missing, unexpected = _load_into(encoder.base_model, mapped, path)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit {encoder.config.arch}: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
@@ -68,7 +75,7 @@ def load_tsm_checkpoint(model: nn.Module, path: str | Path, load_fc: bool = True
     if not isinstance(encoder, TSMEncoder):
         raise CheckpointError("the model has no TSM encoder to load into")
     base = {k[len("base_model."):]: v for k, v in clean.items() if k.startswith("base_model.") and not k.startswith("base_model.fc.")}
-    missing, unexpected = encoder.base_model.load_state_dict(base, strict=False)
+    missing, unexpected = _load_into(encoder.base_model, base, path)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit {encoder.config.arch}: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")

@@ -1,0 +1,25 @@
+"""`bsp-dali demo` at a tiny size: every promised file, a sane report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_tiny(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = ("from bsp_dali.demo_job import run_demo; import json; "
+            f"print(json.dumps(run_demo({str(tmp_path)!r}, minutes=0.15, classes=2, per_class=8, gpus=0, val_clips=16)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["boundary_accuracy"] <= 1.0 and result["val_clips"] == 16
+    assert result["chance"] == 0.25 and result["videos"] == 16 and result["classes"] == ["bouncing_ball", "rotating_bar"]
+    for key in ("checkpoint", "preview", "metrics", "report"):
+        assert Path(result["files"][key]).is_file(), key
+    assert (tmp_path / "data" / "bsp-dali-manifest.json").is_file()
+    assert "4-way boundary accuracy" in (tmp_path / "report.md").read_text()
+    assert len(list((tmp_path / "data" / "train").rglob("*.mp4"))) == 16
