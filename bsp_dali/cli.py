@@ -322,6 +322,53 @@ def demo(
 
 
 @app.command()
+def bench(
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for bench-<tag>.json/.md/.png."),
+    quick: bool = typer.Option(False, "--quick", help="Small data and one setting: under 2 minutes on 2 CPU cores (a smoke test)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default 8 16 32)."),
+    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores and half)."),
+    frames: Optional[List[int]] = typer.Option(None, "--frames", help="Clip lengths T to sweep, repeatable (default 8 16)."),
+    sizes: Optional[List[int]] = typer.Option(None, "--size", help="Output sizes to sweep, repeatable (default 112 224)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of the training-step row (default resnet50; quick: resnet18)."),
+    count: Optional[int] = typer.Option(None, "--count", help="Timed batches per row (default 10)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="File name tag (default: gpu or cpu, -quick)."),
+) -> None:
+    """Measure synthesized clips/s and frames/s of the pipeline against a PyTorch DataLoader baseline
+    (PyAV workers, NumPy synthesis, copy to GPU) and the decode-only ceiling, the kernel against a
+    device copy, and the data stall of a TSM training step; on generated Kinetics-like H.264 data
+    (cached). Writes JSON, Markdown and a PNG plot naming the machine and every setting.
+    """
+    import logging
+
+    from .bench import BenchSettings, run_bench
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        dev = _device(device)
+        s = BenchSettings.quick_settings(dev) if quick else BenchSettings(device=dev)
+        for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes)):
+            if val:
+                if any(v < 1 for v in val):
+                    raise UserError(f"--{name.replace('_', '-')} values must be >= 1, got {val}")
+                setattr(s, name, tuple(val))
+        if any(T % 2 for T in s.frames):
+            raise UserError(f"--frames must be even (T = 2*tau), got {list(s.frames)}")
+        if arch:
+            s.arch = arch
+        if count:
+            s.count = count
+        result = run_bench(s, out, tag=tag, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    except (UserError, ValueError, GPUUnavailableError) as e:
+        _fail(str(e))
+        return
+    for g in result["goals"]:
+        v = "n/a" if g["measured"] is None else f"{g['measured']:.3f}"
+        out_console.print(f"{g['goal']}: {v} (goal {g['target']}) {'met' if g['met'] else 'missed'}")
+    out_console.print(f"results: {out}/bench-{tag or (result['device'] + ('-quick' if quick else ''))}.md")
+
+
+@app.command()
 def plan(
     num: int = typer.Option(4, "--num", help="Number of samples."),
     seed: int = typer.Option(0, "--seed"),
