@@ -20,6 +20,7 @@ device synchronized around each timed region.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -357,7 +358,7 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
     if device == "gpu":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "gpu" else _null
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "gpu" else contextlib.nullcontext
 
     def step(b: dict[str, Any]) -> None:
         with autocast():
@@ -396,14 +397,6 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
     return {"row": "train-step", "decoder": f"TSM-{arch}", "static_seconds": static, "fed_seconds": fed,
             "stall_fraction": max(0.0, 1 - static / fed), "data_wait_fraction": wait / (fed * steps),
             "clips_per_s": batch / fed}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: SynthesisConfig, size: int,
@@ -524,7 +517,8 @@ def _importable(name: str) -> bool:
 def _settings_json(s: BenchSettings, threads: Sequence[int]) -> dict[str, Any]:
     d = {k: v for k, v in s.__dict__.items() if k != "data"}
     d["threads"] = list(threads)
-    d["data"] = dict(s.data.__dict__, codec="h264", bframes=3, crf=23, note=BenchDataSpec.__doc__.split("\n")[0])
+    d["data"] = dict(s.data.__dict__, codec="h264", bframes=3, crf=23, content="procedural demo classes",
+                     note=" ".join((BenchDataSpec.__doc__ or "").split()))
     d["statistic"] = "median seconds per batch after warm-up"
     return d
 

@@ -48,7 +48,10 @@ def _synthesis_config(config: Optional[Path], tau: Optional[int], eps: Optional[
             loaded = json.loads(config.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"config file {config} is not valid JSON: {e}") from None
-        data.update(loaded.get("synthesis", loaded))
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {config} must hold a JSON object")
+        sectioned = any(k in loaded for k in ("synthesis", "train"))
+        data.update(loaded.get("synthesis", {}) if sectioned else loaded)
     if tau is not None:
         data["tau"] = tau
     if eps:
@@ -366,6 +369,111 @@ def bench(
         v = "n/a" if g["measured"] is None else f"{g['measured']:.3f}"
         out_console.print(f"{g['goal']}: {v} (goal {g['target']}) {'met' if g['met'] else 'missed'}")
     out_console.print(f"results: {out}/bench-{tag or (result['device'] + ('-quick' if quick else ''))}.md")
+
+
+@app.command()
+def extract(
+    videos: Path = typer.Argument(..., help="Untrimmed videos: a folder, a list file (one path per line) or a manifest."),
+    checkpoint: List[Path] = typer.Option(..., "--checkpoint", help="bsp-dali checkpoint; repeat for two-stream (features concatenated in this order)."),
+    out: Path = typer.Option(..., "--out", help="HDF5 file (--format hdf5) or folder (csv, npy)."),
+    fmt: str = typer.Option("hdf5", "--format", help="hdf5 (G-TAD), csv (BSN-style, rescaled) or npy."),
+    snippet: Optional[int] = typer.Option(None, "--snippet", help="Frames per snippet (default: the encoders' clip length, 8)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Frames between snippet starts (default: --snippet)."),
+    rescale_to: int = typer.Option(100, "--rescale", help="Temporal points of the csv format."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Snippets per forward pass."),
+    size: Optional[int] = typer.Option(None, "--size", help="Centre-crop size (default: the training size)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Probe processes."),
+) -> None:
+    """Snippet features of untrimmed videos for temporal localization (G-TAD, BSN, 2D-TAN, LGI).
+
+    Snippets of --snippet consecutive frames start every --stride frames; a video of F frames
+    gives ceil(F / stride) snippets, the last ones padded with the last frame. Finished videos are
+    skipped on a rerun; a bad video is reported and skipped.
+    """
+    import logging
+
+    from .extract import extract as run_extract
+    from .ingest import IngestError
+    from bsp_models import CheckpointError
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        dev = _device(device)
+        if batch_size < 1:
+            raise UserError(f"--batch-size ({batch_size}) must be >= 1")
+        with _progress("extracting") as bar:
+            task = bar.add_task("videos", total=None)
+            rep = run_extract(videos, checkpoint, out, fmt=fmt, snippet=snippet, stride=stride, rescale_to=rescale_to,
+                              batch_size=batch_size, size=size, device=dev, workers=workers,
+                              progress=lambda k, n, _: bar.update(task, completed=k, total=n))
+    except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
+        _fail(str(e))
+        return
+    rate = len(rep.written) / rep.seconds if rep.seconds else 0.0
+    out_console.print(f"{len(rep.written)} videos written ({rep.snippets} snippets, {rate:.2f} videos/s, "
+                      f"{rep.snippets / rep.seconds if rep.seconds else 0:.1f} snippets/s), "
+                      f"{len(rep.skipped)} already done, {len(rep.failed)} failed -> {out}")
+    for path, reason in rep.failed:
+        out_console.print(f"[yellow]skipped {path}: {reason}[/]")
+    if rep.failed and not rep.written and not rep.skipped:
+        raise typer.Exit(1)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    data: Path = typer.Argument(..., help="A manifest or an indexed folder (e.g. demo-out/data)."),
+    checkpoint: List[str] = typer.Option([], "--checkpoint", help="[NAME=]PATH of a bsp-dali checkpoint, repeatable."),
+    untrained: bool = typer.Option(False, "--untrained", help="Add a randomly initialised encoder of the same architecture."),
+    out: Path = typer.Option(Path("inspect"), "--out", help="Folder for separability.png and separability.json."),
+    pairs: int = typer.Option(200, "--pairs", help="Pairs of each kind."),
+    split: str = typer.Option("val", "--split", help="val (the checkpoint's held-out videos) or all."),
+    size: Optional[int] = typer.Option(None, "--size", help="Frame size (default: the checkpoint's training size)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+) -> None:
+    """The paper's Fig. 4: distributions of feature differences of snippet pairs with and without a
+    boundary, and a separability score (ROC AUC) per encoder."""
+    from bsp_models import CheckpointError, create_encoder, encoder_from_bsp_checkpoint, load_bsp_checkpoint
+
+    from .ingest import IngestError, load_data
+    from .separability import inspect as run_inspect
+    from .train import split_train_val
+
+    try:
+        if not checkpoint and not untrained:
+            raise UserError("give at least one --checkpoint (and/or --untrained)")
+        if pairs < 2:
+            raise UserError(f"--pairs ({pairs}) must be >= 2")
+        if split not in ("val", "all"):
+            raise UserError(f"--split must be val or all, got {split!r}")
+        dev = _device(device)
+        index = load_data(data)
+        encs = []
+        cfg0 = None
+        for spec in checkpoint:
+            name, _, path = spec.rpartition("=")
+            name = name or Path(path).parent.parent.name or Path(path).stem
+            state = load_bsp_checkpoint(path)
+            cfg0 = cfg0 or state["config"]
+            encs.append((name, encoder_from_bsp_checkpoint(path)))
+        if untrained:
+            import torch
+
+            torch.manual_seed(seed)
+            arch = cfg0["model"]["arch"] if cfg0 else "resnet18"
+            T = cfg0["model"]["num_frames"] if cfg0 else 8
+            encs.append(("untrained", create_encoder(arch, T)))
+        if split == "val" and cfg0 is not None:
+            _, index = split_train_val(index, cfg0.get("val_fraction", 0.05), cfg0.get("seed", 0))
+        sz = size or (cfg0.get("size", 64) if cfg0 else 64)
+        result = run_inspect(index, encs, out, pairs=pairs, seed=seed, size=sz, device=dev)
+    except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
+        _fail(str(e))
+        return
+    for name, r in result["encoders"].items():
+        out_console.print(f"{name}: separability (ROC AUC) {r['separability_auc']:.3f}")
+    out_console.print(f"wrote {out}/separability.png and separability.json")
 
 
 @app.command()

@@ -388,7 +388,7 @@ class BSPIterator:
         requests = [SourceRequest(data[k], jobs[k].frames, jobs[k].crop, jobs[k].flip) for k in live]
         if not requests:
             return out
-        dec = self._dali_decoder(device)
+        dec = self._dali_decoder(device, len(requests))
         try:
             stacks = dec.decode(requests)
         except DaliPipelineError:
@@ -404,23 +404,25 @@ class BSPIterator:
             out[k] = stack
         return out
 
-    def _dali_decoder(self, device: str) -> Any:
+    def _dali_decoder(self, device: str, sources: int) -> Any:
+        """The DALI pipeline for ``device``, (re)built when a batch has more sources than it takes."""
         from .pipeline import DaliDecoder
 
-        max_sources = 2 * self.batch_size
-        if device == "gpu":
-            if self._dali is None:
-                self._dali = DaliDecoder(self.spatial.size, "gpu", max_sources, self.num_threads, self.device_id)
-            return self._dali
-        if self._dali_cpu is None:
-            self._dali_cpu = DaliDecoder(self.spatial.size, "cpu", max_sources, self.num_threads)
-        return self._dali_cpu
+        attr = "_dali" if device == "gpu" else "_dali_cpu"
+        dec = getattr(self, attr)
+        if dec is None or dec.max_sources < sources:
+            dec = DaliDecoder(self.spatial.size, device, max(2 * self.batch_size, sources), self.num_threads,
+                              self.device_id)
+            setattr(self, attr, dec)
+        return dec
 
     def _finish(self, item: Any) -> RawBatch:
         """Main thread: GPU decode (DALI) and the synthesis kernel, or the CPU synthesis."""
         kind, ids, plans, payload = item
         if kind == "gpu":
             plans, stacks = self._decode_gpu_batch(ids, plans, payload)
+        elif kind == "done":  # already decoded on the device
+            stacks = payload
         else:
             stacks = payload
             if self.device == "gpu":
@@ -454,6 +456,21 @@ class BSPIterator:
                 self._ban(v, err.reason)
             plans = [self.plan(i, epoch) for i in ids]
             data = self._read_all(plans)
+
+    def render(self, plans: Sequence[SamplePlan]) -> RawBatch:
+        """Decode and synthesize given plans (not drawn by this iterator: ``extract`` and
+        ``inspect`` build their own). A file that fails raises :class:`DecodeError`."""
+        plans = list(plans)
+        jobs = source_jobs(plans)
+        if self.decoder == "dali" and self.device == "gpu":
+            stacks = self._decode_dali(jobs, "gpu")
+        else:
+            stacks = self._decode_cpu_once(jobs)
+        err = next((s for s in stacks if isinstance(s, DecodeError)), None)
+        if err is not None:
+            raise err
+        return self._finish(("cpu" if not (self.decoder == "dali" and self.device == "gpu") else "done",
+                             None, plans, stacks))
 
     # ------------------------------------------------------------------ PyTorch
     def to_torch(self, raw: RawBatch) -> dict[str, Any]:

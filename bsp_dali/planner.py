@@ -436,6 +436,23 @@ class Planner:
         return [self.plan(i, epoch) for i in indices]
 
 
+def plain_plan(index: DatasetIndex, video: int, frames: Sequence[int], sample_index: int = 0,
+               crop: Box = FULL_BOX, flip: bool = False) -> SamplePlan:
+    """A plan without synthesis: output frame ``i`` is ``frames[i]`` of one video (repeats allowed).
+    ``extract`` cuts snippets with it; ``inspect`` pairs snippets with it."""
+    T = len(frames)
+    if T < 2 or T % 2:
+        raise ValueError(f"a clip needs an even number of frames >= 2, got {T}")
+    info = index.videos[video]
+    if min(frames) < 0 or max(frames) >= info.num_frames:
+        raise ValueError(f"{info.path}: frames {min(frames)}..{max(frames)} outside 0..{info.num_frames - 1}")
+    ref = SourceRef(video, info.path, info.label, index.classes[info.label])
+    return SamplePlan(index=sample_index, epoch=0, type=BoundaryType.SAME_SPEED, label=info.label, tau=T // 2,
+                      eps=None, gamma=None, t=None, mu=None, stride=1, sources=(ref,),
+                      frames=(tuple(sorted(set(int(f) for f in frames))),),
+                      recipe=tuple(((0, int(f), 1.0),) for f in frames), crop=crop, flip=flip)
+
+
 def plans_summary(plans: Sequence[SamplePlan]) -> dict[str, int]:
     """Count of plans per type key (for logs and previews)."""
     out: dict[str, int] = {}
@@ -452,5 +469,6 @@ __all__ = [
     "SourceRef",
     "boundary_heatmap",
     "min_frames_needed",
+    "plain_plan",
     "plans_summary",
 ]

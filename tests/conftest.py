@@ -71,3 +71,28 @@ def ffmpeg_frames(path):
     res = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
                           "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-"], capture_output=True, check=True)
     return np.frombuffer(res.stdout, np.uint8).reshape(-1, h, w, 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A bsp-dali checkpoint of a TSM-R18 (T=8) after one training step on small H.264 data."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bsp_dali.ingest import index_data
+    from bsp_dali.videogen import write_kinetics_folder
+
+    root = tmp_path_factory.mktemp("ckpt_data")
+    write_kinetics_folder(root, num_classes=2, per_class=4, frames=(30, 40), size=(32, 48))
+    index_data(root, min_frames=8, workers=1)
+    out = tmp_path_factory.mktemp("ckpt_run")
+    cfg = out / "cfg.json"
+    cfg.write_text(json.dumps({"train": {"val_clips": 4, "val_fraction": 0.5}}))
+    res = subprocess.run([sys.executable, "-m", "bsp_dali", "train", str(root), "--out", str(out), "--arch", "resnet18",
+                          "--size", "32", "--batch-size", "2", "--max-steps", "1", "--epochs", "1", "--gpus", "0",
+                          "--config", str(cfg), "--types", "same_speed,diff_speed"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "checkpoints" / "last.pt"

@@ -78,6 +78,7 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in steps)
     assert any("val_accuracy" in r for r in recs)
     assert not list((out / "checkpoints").glob("*.tmp*"))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, bsp_run, data, cfg_file):

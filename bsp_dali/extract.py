@@ -1,0 +1,256 @@
+"""``bsp-dali extract``: snippet features of untrimmed videos for temporal localization models.
+
+Each video is cut into snippets of ``snippet`` consecutive frames starting at frames
+``0, stride, 2*stride, ...`` for every start inside the video, so
+
+    num_snippets = ceil(num_frames / stride)
+
+and a snippet that runs past the last frame repeats the last frame (the tail of a video is never
+dropped). Every snippet goes through each encoder in eval mode (centre crop, ImageNet
+normalisation); its feature is the encoder's clip feature before the classifier, and the features
+of several checkpoints are concatenated in the order given (the paper's two-stream feature).
+
+Per video this gives a float32 ``[num_snippets, C]`` array, written as
+
+* ``hdf5``: one file, one dataset per video id (G-TAD's input);
+* ``csv``: ``<out>/<video id>.csv``, rescaled by linear interpolation to ``rescale`` temporal points
+  (BSN-style; header ``f0,f1,...``, one row per point);
+* ``npy``: ``<out>/<video id>.npy``.
+
+The video id is the file name without its extension. Work is kept per video under
+``<out>.parts/``, written atomically: a rerun skips finished videos, and a bad video is reported and
+skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .augment import SpatialConfig, SpatialMode
+from .config import SynthesisConfig
+from .index import DatasetIndex
+from .ingest import Entry, IngestError, MANIFEST_NAME, VIDEO_EXTENSIONS, build_index, discover_list
+from .planner import plain_plan
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hdf5", "csv", "npy")
+
+
+@dataclass
+class ExtractReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already done
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    snippets: int = 0
+    seconds: float = 0.0
+
+
+def snippet_starts(num_frames: int, stride: int) -> list[int]:
+    """Start frames of the snippets of a video (the documented count rule)."""
+    if num_frames < 1 or stride < 1:
+        raise ValueError(f"num_frames ({num_frames}) and stride ({stride}) must be >= 1")
+    return list(range(0, num_frames, stride))
+
+
+def snippet_frames(start: int, snippet: int, num_frames: int) -> list[int]:
+    return [min(start + i, num_frames - 1) for i in range(snippet)]
+
+
+def rescale(features: np.ndarray, points: int) -> np.ndarray:
+    """Linear interpolation of ``[n, C]`` features to ``[points, C]`` (snippet centres spread
+    evenly over [0, 1])."""
+    n = features.shape[0]
+    if n == 1:
+        return np.repeat(features, points, axis=0)
+    src = np.linspace(0.0, 1.0, n)
+    dst = np.linspace(0.0, 1.0, points)
+    return np.stack([np.interp(dst, src, features[:, c]) for c in range(features.shape[1])], axis=1).astype(np.float32)
+
+
+def discover_videos(source: str | os.PathLike) -> tuple[Path, list[Entry]]:
+    """A folder (every video file under it), a list file (one path per line, optional label) or a
+    manifest. Returns (root, entries)."""
+    src = Path(source)
+    if not src.exists():
+        raise IngestError(f"{src} does not exist")
+    if src.is_dir():
+        if (src / MANIFEST_NAME).is_file():
+            index = DatasetIndex.load(src / MANIFEST_NAME)
+            return src, [Entry(v.path, "video") for v in index.videos]
+        entries = [Entry(str(p.relative_to(src)), "video") for p in sorted(src.rglob("*"))
+                   if p.is_file() and p.name.lower().endswith(VIDEO_EXTENSIONS) and not p.name.startswith(".")]
+        if not entries:
+            raise IngestError(f"no video files found under {src}")
+        return src, entries
+    if src.suffix == ".json":
+        index = DatasetIndex.load(src)
+        root = Path(index.root or src.parent)
+        return root, [Entry(v.path, "video") for v in index.videos]
+    lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if lines and all(len(ln.split()) == 1 for ln in lines):  # plain paths
+        root = src.parent
+        return root, [Entry(ln, "video", missing=not (root / ln).is_file() and not Path(ln).is_file()) for ln in lines]
+    return src.parent, discover_list(src.parent, src)
+
+
+def video_id(path: str) -> str:
+    return Path(path).name.rsplit(".", 1)[0]
+
+
+def load_encoders(checkpoints: Sequence[str | os.PathLike], device: Any) -> list[Any]:
+    from bsp_models import encoder_from_bsp_checkpoint
+
+    encs = [encoder_from_bsp_checkpoint(c).to(device).eval() for c in checkpoints]
+    if not encs:
+        raise ValueError("give at least one --checkpoint")
+    return encs
+
+
+def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+            fmt: str = "hdf5", snippet: int | None = None, stride: int | None = None, rescale_to: int = 100,
+            batch_size: int = 64, size: int | None = None, device: str = "auto", workers: int | None = None,
+            threads: int | None = None,
+            progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
+    """Write snippet features of every video of ``source`` (see the module docstring)."""
+    import time
+
+    import torch
+
+    from .gpu import cuda_available
+    from .iterator import BSPIterator
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format ({fmt!r}) must be one of {list(FORMATS)}")
+    if rescale_to < 2:
+        raise ValueError(f"rescale ({rescale_to}) must be >= 2")
+    dev = ("gpu" if cuda_available() else "cpu") if device == "auto" else device
+    tdev = torch.device("cuda" if dev == "gpu" else "cpu")
+    encoders = load_encoders(checkpoints, tdev)
+    frames_per = {e.config.num_frames for e in encoders}
+    if len(frames_per) != 1:
+        raise ValueError(f"the checkpoints were trained on different clip lengths {sorted(frames_per)}")
+    T = frames_per.pop()
+    snippet = snippet or T
+    if snippet != T:
+        raise ValueError(f"--snippet ({snippet}) must equal the encoders' clip length ({T})")
+    stride = stride or snippet
+    if stride < 1:
+        raise ValueError(f"--stride ({stride}) must be >= 1")
+    if size is None:
+        from bsp_models import load_bsp_checkpoint
+
+        size = int(load_bsp_checkpoint(checkpoints[0])["config"].get("size", 224))
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    root, entries = discover_videos(source)
+    ids = [video_id(e.path) for e in entries]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise IngestError(f"video ids must be unique (file names without extension); repeated: {dup[:5]}")
+    report = ExtractReport()
+    todo = [e for e in entries if not (parts / f"{video_id(e.path)}.npy").is_file()]
+    report.skipped = [e.path for e in entries if e not in todo]
+    t0 = time.time()
+    if todo:
+        probed = build_index(root, todo, min_frames=1, workers=workers)
+        report.failed += [(e["path"], e["reason"]) for e in probed.excluded]
+        index = probed.index
+    else:
+        index = DatasetIndex([], [], root=str(root))
+    if len(index):
+        spatial = SpatialConfig(size=(size, size), mode=SpatialMode.EVAL)
+        # the renderer's own planner is unused (plans are built here); tau=1 only needs 2-frame videos
+        renderer = BSPIterator(index, batch_size=1, synthesis=SynthesisConfig(tau=1, types=("same_speed",)),
+                               spatial=spatial, device=dev, num_threads=threads, epoch_size=1,
+                               max_bad_videos=10**9)
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev == "gpu" else contextlib.nullcontext
+        try:
+            for k, info in enumerate(index.videos):
+                vid = video_id(info.path)
+                try:
+                    feats = _video_features(renderer, index, k, encoders, snippet, stride, batch_size, autocast)
+                except Exception as e:  # noqa: BLE001 - one bad video never stops the others
+                    reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+                    log.warning("skipping %s: %s", info.path, reason)
+                    report.failed.append((info.path, reason))
+                    continue
+                _atomic_npy(parts / f"{vid}.npy", feats)
+                report.written.append(info.path)
+                report.snippets += feats.shape[0]
+                if progress:
+                    progress(len(report.written), len(index), info.path)
+        finally:
+            renderer.close()
+    report.seconds = time.time() - t0
+    done_ids = [video_id(e.path) for e in entries if (parts / f"{video_id(e.path)}.npy").is_file()]
+    write_outputs(parts, done_ids, out, fmt, rescale_to)
+    return report
+
+
+def _video_features(renderer: Any, index: DatasetIndex, k: int, encoders: list[Any], snippet: int, stride: int,
+                    batch_size: int, autocast: Callable[[], Any]) -> np.ndarray:
+    import torch
+
+    n = index.videos[k].num_frames
+    starts = snippet_starts(n, stride)
+    box = _eval_box(renderer, index, k)
+    out = []
+    for b in range(0, len(starts), batch_size):
+        plans = [plain_plan(index, k, snippet_frames(s, snippet, n), sample_index=i, crop=box)
+                 for i, s in enumerate(starts[b:b + batch_size], start=b)]
+        batch = renderer.to_torch(renderer.render(plans))
+        with torch.no_grad(), autocast():
+            feats = torch.cat([e.clip_features(batch["video"]).float() for e in encoders], dim=1)
+        out.append(feats.cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _eval_box(renderer: Any, index: DatasetIndex, k: int) -> tuple[float, float, float, float]:
+    from .augment import draw
+
+    info = index.videos[k]
+    return draw(np.random.default_rng(0), renderer.spatial, info.width, info.height)[0]
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def write_outputs(parts: Path, ids: Sequence[str], out: Path, fmt: str, rescale_to: int) -> None:
+    """Assemble the per-video parts into the requested format (atomically for HDF5)."""
+    if fmt == "hdf5":
+        import h5py
+
+        tmp = out.with_name(out.name + ".tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            for vid in ids:
+                f.create_dataset(vid, data=np.load(parts / f"{vid}.npy"))
+        os.replace(tmp, out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for vid in ids:
+        feats = np.load(parts / f"{vid}.npy")
+        if fmt == "npy":
+            _atomic_npy(out / f"{vid}.npy", feats)
+        else:
+            pts = rescale(feats, rescale_to)
+            tmp = out / f".{vid}.csv.tmp"
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow([f"f{c}" for c in range(pts.shape[1])])
+                w.writerows([[f"{v:.6g}" for v in row] for row in pts])
+            os.replace(tmp, out / f"{vid}.csv")
+

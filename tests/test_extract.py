@@ -1,0 +1,136 @@
+"""`bsp-dali extract` on untrimmed videos of different lengths, sizes and codecs; `inspect`."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bsp_dali.augment import SpatialConfig, SpatialMode, apply_cpu, draw
+from bsp_dali.extract import rescale, snippet_starts
+from bsp_dali.separability import roc_auc
+from bsp_dali.synthesis import DEFAULT_MEAN, DEFAULT_STD
+from bsp_dali.videogen import write_index_video
+from bsp_models import encoder_from_bsp_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+LENGTHS = {"short_a": 5, "mid_b": 20, "long_c": 33}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def untrimmed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("untrimmed")
+    write_index_video(root / "short_a.mp4", LENGTHS["short_a"], 32, 48)
+    write_index_video(root / "sub" / "mid_b.mp4", LENGTHS["mid_b"], 64, 96, seed=3)
+    write_index_video(root / "long_c.webm", LENGTHS["long_c"], 48, 64, codec="vp9", seed=5)
+    (root / "broken_d.mp4").write_bytes(b"not a video at all")
+    return root
+
+
+def test_snippet_count_rule():
+    assert snippet_starts(5, 8) == [0]
+    assert snippet_starts(16, 8) == [0, 8]
+    assert snippet_starts(17, 8) == [0, 8, 16]
+    assert len(snippet_starts(33, 4)) == math.ceil(33 / 4)
+
+
+def test_rescale_is_linear_interpolation():
+    f = np.array([[0.0, 10.0], [1.0, 20.0], [2.0, 30.0]], np.float32)
+    r = rescale(f, 5)
+    assert r.shape == (5, 2) and np.allclose(r[:, 0], [0, 0.5, 1, 1.5, 2]) and np.allclose(r[:, 1], [10, 15, 20, 25, 30])
+    assert np.array_equal(rescale(f[:1], 4), np.repeat(f[:1], 4, axis=0))
+
+
+def test_extract_hdf5_counts_order_and_bad_video(tmp_path, untrimmed, tiny_checkpoint):
+    out = tmp_path / "feats.h5"
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu",
+              "--batch-size", "3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "3 videos written" in res.stdout and "skipped broken_d.mp4" in res.stdout
+    with h5py.File(out) as f:
+        assert sorted(f.keys()) == ["long_c", "mid_b", "short_a"]
+        for vid, n in LENGTHS.items():
+            assert f[vid].shape == (math.ceil(n / 8), 512) and f[vid].dtype == np.float32
+            assert np.isfinite(f[vid][()]).all()
+        feats = f["mid_b"][()]
+    # snippet k of mid_b = the encoder on frames 8k..8k+7 (repeating the last), decoded apart
+    import av
+
+    with av.open(str(untrimmed / "sub" / "mid_b.mp4")) as c:
+        frames = np.stack([fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)])
+    enc = encoder_from_bsp_checkpoint(tiny_checkpoint)
+    box = draw(np.random.default_rng(0), SpatialConfig(size=(32, 32), mode=SpatialMode.EVAL), 96, 64)[0]
+    for k in range(feats.shape[0]):
+        idx = [min(8 * k + i, 19) for i in range(8)]
+        clip = apply_cpu(frames[idx], box, False, (32, 32)).astype(np.float32)
+        x = torch.from_numpy(((clip - DEFAULT_MEAN) / DEFAULT_STD).astype(np.float32)).permute(3, 0, 1, 2)[None]
+        with torch.no_grad():
+            want = enc.clip_features(x)[0].numpy()
+        assert np.allclose(feats[k], want, atol=1e-4), k
+
+
+def test_two_stream_csv_npy_and_resume(tmp_path, untrimmed, tiny_checkpoint):
+    out = tmp_path / "csv"
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+              "--out", str(out), "--format", "csv", "--rescale", "10", "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(out / "long_c.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == [f"f{c}" for c in range(1024)] and len(rows) == 11
+    parts = tmp_path / "csv.parts"
+    two = np.load(parts / "long_c.npy")
+    assert two.shape == (5, 1024) and np.allclose(two[:, :512], two[:, 512:])  # the same encoder twice
+    assert np.allclose(np.array(rows[1:], float), rescale(two, 10), atol=1e-4)
+    # resume: nothing to do; then one part removed -> only that video again
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+              "--out", str(out), "--format", "csv", "--rescale", "10", "--device", "cpu")
+    assert "0 videos written" in res.stdout and "3 already done" in res.stdout
+    (parts / "mid_b.npy").unlink()
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+              "--out", str(out), "--format", "npy", "--device", "cpu")
+    assert "1 videos written" in res.stdout and "2 already done" in res.stdout
+    assert np.load(out / "mid_b.npy").shape == (3, 1024)
+
+
+def test_extract_mistakes_are_one_line(tmp_path, untrimmed, tiny_checkpoint):
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.h5"))
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.h5"),
+              "--snippet", "16")
+    assert res.returncode == 2 and "must equal the encoders' clip length (8)" in res.stderr
+    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
+              "--format", "mat")
+    assert res.returncode == 2 and "format ('mat')" in res.stderr
+
+
+def test_roc_auc_against_counting_pairs():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 40).astype(float)
+    want = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (30 * 40)
+    assert abs(roc_auc(pos, neg) - want) < 1e-12
+    assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+
+
+def test_inspect_writes_scores_and_plot(tmp_path, tiny_checkpoint):
+    data = tiny_checkpoint.parent.parent  # the run folder; its config names the data
+    cfg = json.loads((data / "config.json").read_text())
+    res = cli("inspect", cfg["data"], "--checkpoint", f"bsp={tiny_checkpoint}", "--untrained", "--out",
+              str(tmp_path / "insp"), "--pairs", "6", "--split", "all", "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "insp" / "separability.json").read_text())
+    assert set(result["encoders"]) == {"bsp", "untrained"}
+    assert all(0 <= r["separability_auc"] <= 1 for r in result["encoders"].values())
+    assert result["pairs"]["boundary"] >= 1 and (tmp_path / "insp" / "separability.png").stat().st_size > 1000
