@@ -152,3 +152,31 @@ def test_training_mistakes_are_one_line(tmp_path, data, cfg_file, args, message)
     res = run(a + args)
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path, data, cfg_file):
+    """The whole job dies at once (a node failure): launcher and workers killed together."""
+    extra = ["--nproc", "2", "--checkpoint-every", "1", "--deterministic", "--epochs", "3"]
+    ref_out = tmp_path / "ref"
+    res = run(train_args(data, ref_out, cfg_file, *extra))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads((ref_out / "summary.json").read_text())
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *train_args(data, out, cfg_file, *extra)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=False)["step"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, weights_only=False)["step"] < ref["step"]
+    res = run(train_args(data, out, cfg_file, *extra))
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == ref["step"] == 6
+    assert summary["weight_fingerprints"] == ref["weight_fingerprints"]
