@@ -18,29 +18,25 @@ with Pillow (bilinear, antialiased): the two agree within resampling tolerance.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .config import ChoiceEnum
+
 Box = tuple[float, float, float, float]  # (y0, x0, y1, x1) relative
 FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 
 
-class SpatialMode(enum.Enum):
+class SpatialMode(ChoiceEnum):
     TRAIN = "train"
     EVAL = "eval"
     RESIZE = "resize"
 
     @classmethod
-    def parse(cls, value: "SpatialMode | str") -> "SpatialMode":
-        if isinstance(value, SpatialMode):
-            return value
-        for m in cls:
-            if m.value == str(value).lower():
-                return m
-        raise ValueError(f"unknown spatial mode {value!r}; expected one of {[m.value for m in cls]}")
+    def what(cls) -> str:
+        return "spatial mode"
 
 
 @dataclass(frozen=True)

@@ -455,10 +455,10 @@ GOALS = {
 
 def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from .gpu import cuda_available
+    from .gpu import resolve_device
 
     say = progress or (lambda msg: log.info("%s", msg))
-    device = settings.device if settings.device != "auto" else ("gpu" if cuda_available() else "cpu")
+    device = resolve_device(settings.device)
     cores = os.cpu_count() or 1
     threads = settings.threads or tuple(sorted({max(1, cores // 2), cores}))
     say(f"generating/loading benchmark data {settings.data}")

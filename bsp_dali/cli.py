@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .config import SynthesisConfig, parse_types
-from .gpu import GPUUnavailableError, cuda_available
+from .gpu import GPUUnavailableError, cuda_available, resolve_device
 
 app = typer.Typer(
     add_completion=False,
@@ -70,14 +70,10 @@ def _synthesis_config(config: Optional[Path], tau: Optional[int], eps: Optional[
 
 
 def _device(device: str) -> str:
-    device = device.lower()
-    if device not in ("auto", "cpu", "gpu"):
-        raise UserError(f"--device must be auto, cpu or gpu, got {device!r}")
-    if device == "auto":
-        return "gpu" if cuda_available() else "cpu"
-    if device == "gpu" and not cuda_available():
-        raise UserError("--device gpu was asked for but no CUDA device is usable (is CuPy installed?)")
-    return device
+    try:
+        return resolve_device(device)
+    except (ValueError, GPUUnavailableError) as e:
+        raise UserError(f"--device: {e}") from None
 
 
 # Options shared by commands that synthesize.

@@ -13,6 +13,24 @@ from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 
+class ChoiceEnum(enum.Enum):
+    """An enum whose values are the names users type. ``parse`` takes a member or its value (any
+    case) and fails loudly, naming the choices (STYLE.md, 4)."""
+
+    @classmethod
+    def what(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        for m in cls:
+            if str(m.value).lower() == str(value).lower():
+                return m
+        raise ValueError(f"unknown {cls.what()} {value!r}; expected one of {[m.value for m in cls]}")
+
+
 class BoundaryType(enum.IntEnum):
     """The four synthetic boundary types, in the paper's (and the 4-way label's) order."""
 
@@ -218,6 +236,7 @@ def parse_types(values: Sequence[str] | None) -> tuple[BoundaryType, ...]:
 __all__ = [
     "ALL_TYPES",
     "BoundaryType",
+    "ChoiceEnum",
     "SynthesisConfig",
     "exact",
     "parse_types",

@@ -125,14 +125,14 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
 
     import torch
 
-    from .gpu import cuda_available
+    from .gpu import resolve_device
     from .iterator import BSPIterator
 
     if fmt not in FORMATS:
         raise ValueError(f"format ({fmt!r}) must be one of {list(FORMATS)}")
     if rescale_to < 2:
         raise ValueError(f"rescale ({rescale_to}) must be >= 2")
-    dev = ("gpu" if cuda_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     tdev = torch.device("cuda" if dev == "gpu" else "cpu")
     encoders = load_encoders(checkpoints, tdev)
     frames_per = {e.config.num_frames for e in encoders}

@@ -23,6 +23,18 @@ def import_cupy() -> Any:
     return cupy
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``gpu`` when a CUDA device is usable, else ``cpu``; ``gpu`` without one fails."""
+    device = str(device).lower()
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device ({device!r}) must be auto, cpu or gpu")
+    if device == "auto":
+        return "gpu" if cuda_available() else "cpu"
+    if device == "gpu" and not cuda_available():
+        raise GPUUnavailableError("the GPU was asked for but no CUDA device is usable (is CuPy installed?)")
+    return device
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""

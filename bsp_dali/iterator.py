@@ -23,7 +23,6 @@ goes on. More than ``max_bad_videos`` such files end in :class:`DecodeFailures` 
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
 import threading
@@ -34,10 +33,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .augment import SpatialConfig
-from .config import SynthesisConfig
+from .config import ChoiceEnum, SynthesisConfig
 from .decode import (DecodeError, FrameReader, SourceJob, decode_cpu, default_threads, read_bytes,
                      select_reader, source_jobs)
-from .gpu import GPUUnavailableError, cuda_available
+from .gpu import GPUUnavailableError, resolve_device
 from .index import DatasetIndex
 from .planner import Planner, SamplePlan
 from .synthesis import Layout, OutDType, RecipeTables, synthesize
@@ -48,7 +47,7 @@ MAX_BAD_VIDEOS = 32  # files that may fail in the pipeline before the run stops 
 STATE_VERSION = 1
 
 
-class LastBatchPolicy(enum.Enum):
+class LastBatchPolicy(ChoiceEnum):
     """What to do with the samples of a shard that do not fill a last batch."""
 
     DROP = "drop"  # leave them out (every rank yields the same number of full batches)
@@ -56,13 +55,8 @@ class LastBatchPolicy(enum.Enum):
     FILL = "fill"  # complete the last batch with the shard's first samples
 
     @classmethod
-    def parse(cls, value: "LastBatchPolicy | str") -> "LastBatchPolicy":
-        if isinstance(value, LastBatchPolicy):
-            return value
-        for m in cls:
-            if m.value == str(value).lower():
-                return m
-        raise ValueError(f"unknown last_batch_policy {value!r}; expected one of {[m.value for m in cls]}")
+    def what(cls) -> str:
+        return "last_batch_policy"
 
 
 class DecodeFailures(RuntimeError):
@@ -146,7 +140,7 @@ class BSPIterator:
         self.num_threads = num_threads or default_threads()
         self.prefetch = max(1, int(prefetch))
         self.max_bad_videos = int(max_bad_videos)
-        self.device = self._pick_device(device)
+        self.device = resolve_device(device)
         self.device_id = self._pick_device_id(device_id)
         self.decoder = self._pick_decoder(decoder)
         self.reader = reader or select_reader(index)
@@ -162,16 +156,6 @@ class BSPIterator:
                              f"{batch_size} with last_batch_policy={self.policy.value}; lower batch_size or use 'partial'")
 
     # ------------------------------------------------------------------ set-up
-    @staticmethod
-    def _pick_device(device: str) -> str:
-        if device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device ({device!r}) must be auto, cpu or gpu")
-        if device == "auto":
-            return "gpu" if cuda_available() else "cpu"
-        if device == "gpu" and not cuda_available():
-            raise GPUUnavailableError("device='gpu' was asked for but no CUDA device is usable (is CuPy installed?)")
-        return device
-
     def _pick_device_id(self, device_id: int | None) -> int:
         if device_id is not None or self.device == "cpu":
             return int(device_id or 0)

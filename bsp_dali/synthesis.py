@@ -17,12 +17,12 @@ computes the same values bit for bit (float32 products and sums without FMA cont
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from .config import ChoiceEnum
 from .planner import SamplePlan
 
 # ImageNet statistics in pixel units (0..255): TSM's torchvision backbones expect them.
@@ -32,20 +32,15 @@ MAX_CHANNELS = 4  # BSP_MAX_C in the kernel
 TERMS_PER_FRAME = 2  # a blend mixes at most two sources
 
 
-class OutDType(enum.Enum):
+class OutDType(ChoiceEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
     UINT8 = "uint8"
 
     @classmethod
-    def parse(cls, value: "OutDType | str") -> "OutDType":
-        if isinstance(value, OutDType):
-            return value
-        for m in cls:
-            if m.value == str(value).lower():
-                return m
-        raise ValueError(f"unknown output dtype {value!r}; expected one of {[m.value for m in cls]}")
+    def what(cls) -> str:
+        return "output dtype"
 
     @property
     def storage(self) -> np.dtype:
@@ -54,18 +49,13 @@ class OutDType(enum.Enum):
                          "bfloat16": np.uint16, "uint8": np.uint8}[self.value])
 
 
-class Layout(enum.Enum):
+class Layout(ChoiceEnum):
     NCTHW = "NCTHW"
     NTCHW = "NTCHW"
 
     @classmethod
-    def parse(cls, value: "Layout | str") -> "Layout":
-        if isinstance(value, Layout):
-            return value
-        for m in cls:
-            if m.value == str(value).upper():
-                return m
-        raise ValueError(f"unknown layout {value!r}; expected one of {[m.value for m in cls]}")
+    def what(cls) -> str:
+        return "layout"
 
     def shape(self, N: int, T: int, H: int, W: int, C: int) -> tuple[int, ...]:
         return (N, C, T, H, W) if self is Layout.NCTHW else (N, T, C, H, W)

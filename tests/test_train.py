@@ -53,6 +53,27 @@ def run(args, **kw):
                           timeout=600, **kw)
 
 
+def kill_after_checkpoint(args, out, step, group):
+    """Start a training run, SIGKILL it (with its workers when ``group``) as soon as a checkpoint of
+    at least ``step`` exists; returns the checkpoint's path."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=group)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=False)["step"] >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return last
+
+
 @pytest.fixture(scope="module")
 def bsp_run(tmp_path_factory, data, cfg_file):
     out = tmp_path_factory.mktemp("bsp_run")
@@ -86,18 +107,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, bsp_run, data, cfg_fil
     ref = json.loads((ref_out / "summary.json").read_text())["weight_fingerprints"][0]
     out = tmp_path / "killed"
     args = train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = out / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=False)["step"] >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    last = kill_after_checkpoint(args, out, step=2, group=False)
     killed_at = torch.load(last, weights_only=False)["step"]
     assert 2 <= killed_at < 8
     res = run(args)
@@ -162,18 +172,7 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
     assert res.returncode == 0, res.stderr[-3000:]
     ref = json.loads((ref_out / "summary.json").read_text())
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *train_args(data, out, cfg_file, *extra)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    last = out / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=False)["step"] >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    last = kill_after_checkpoint(train_args(data, out, cfg_file, *extra), out, step=2, group=True)
     assert torch.load(last, weights_only=False)["step"] < ref["step"]
     res = run(train_args(data, out, cfg_file, *extra))
     assert res.returncode == 0, res.stderr[-3000:]
