@@ -4,6 +4,8 @@ Data flows one way: dataset index -> planner -> decode -> synthesis kernel -> it
 Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are imported where used.
 """
 
+import numpy as np
+
 from .augment import SpatialConfig, SpatialMode
 from .config import ALL_TYPES, BoundaryType, SynthesisConfig
 from .index import DatasetIndex, VideoInfo
@@ -27,14 +29,10 @@ def torch_view(array, dtype="float32"):
     uint16 bit patterns and come back as ``torch.bfloat16``."""
     import torch
 
-    t = torch.from_dlpack(array) if hasattr(array, "__dlpack__") and not _is_numpy(array) else torch.from_numpy(array)
+    t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
     if OutDType.parse(dtype) is OutDType.BFLOAT16:
         t = t.view(torch.bfloat16)
     return t
-
-
-def _is_numpy(a) -> bool:
-    return type(a).__module__ == "numpy"
 
 
 __all__ = [

@@ -22,7 +22,6 @@ of CUDA-event (or wall) times of one launch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .augment import SpatialConfig, SpatialMode, apply_cpu
+from .gpu import autocast as autocast_for
 from .config import SynthesisConfig
 from .index import DatasetIndex
 from .synthesis import OutDType, RecipeTables, synthesize_reference
@@ -290,7 +290,11 @@ def bench_decode_only(index: DatasetIndex, device: str, batch: int, threads: int
                 b += 1
 
         label = f"PyAV + Pillow in {threads} threads, no synthesis"
-    res = _timed(batches(), warmup, count, device, lambda plans: (len(plans), _planned_frames(plans)))
+    try:
+        res = _timed(batches(), warmup, count, device, lambda plans: (len(plans), _planned_frames(plans)))
+    finally:
+        if device != "gpu":
+            pool.shutdown()
     return {"row": "decode-only", "decoder": label, **res}
 
 
@@ -364,7 +368,7 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
     if device == "gpu":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "gpu" else contextlib.nullcontext
+    autocast = autocast_for(device)
 
     def step(b: dict[str, Any]) -> None:
         with autocast():

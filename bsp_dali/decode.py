@@ -92,9 +92,9 @@ class PyAVReader:
 
 def select_reader(index: DatasetIndex) -> FrameReader:
     """The CPU reader for an index: procedural demo videos or real files."""
-    if index.videos and index.videos[0].path.startswith("demo://"):
-        from .demo import DemoReader
+    from .demo import DEMO_SCHEME, DemoReader
 
+    if index.videos and index.videos[0].path.startswith(DEMO_SCHEME):
         w, h = index.videos[0].width, index.videos[0].height
         return DemoReader(h or 64, w or 64)
     return PyAVReader(index)

@@ -24,7 +24,7 @@ skipped, never fatal.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import csv
 import logging
 import os
@@ -35,9 +35,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .augment import SpatialConfig, SpatialMode
+from .gpu import autocast as autocast_for
 from .config import SynthesisConfig
 from .index import DatasetIndex
-from .ingest import Entry, IngestError, MANIFEST_NAME, VIDEO_EXTENSIONS, build_index, discover_list
+from .ingest import MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data
 from .planner import plain_plan
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,9 @@ def discover_videos(source: str | os.PathLike) -> tuple[Path, list[Entry]]:
         raise IngestError(f"{src} does not exist")
     if src.is_dir():
         if (src / MANIFEST_NAME).is_file():
-            index = DatasetIndex.load(src / MANIFEST_NAME)
-            return src, [Entry(v.path, "video") for v in index.videos]
+            return src, [Entry(v.path, "video") for v in load_data(src).videos]
         entries = [Entry(str(p.relative_to(src)), "video") for p in sorted(src.rglob("*"))
-                   if p.is_file() and p.name.lower().endswith(VIDEO_EXTENSIONS) and not p.name.startswith(".")]
+                   if p.is_file() and is_video_name(p.name)]
         if not entries:
             raise IngestError(f"no video files found under {src}")
         return src, entries
@@ -153,13 +153,14 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     root, entries = discover_videos(source)
-    ids = [video_id(e.path) for e in entries]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    counts = collections.Counter(video_id(e.path) for e in entries)
+    dup = sorted(i for i, c in counts.items() if c > 1)
     if dup:
         raise IngestError(f"video ids must be unique (file names without extension); repeated: {dup[:5]}")
     report = ExtractReport()
-    todo = [e for e in entries if not (parts / f"{video_id(e.path)}.npy").is_file()]
-    report.skipped = [e.path for e in entries if e not in todo]
+    done = {e.path for e in entries if (parts / f"{video_id(e.path)}.npy").is_file()}
+    todo = [e for e in entries if e.path not in done]
+    report.skipped = [e.path for e in entries if e.path in done]
     t0 = time.time()
     if todo:
         probed = build_index(root, todo, min_frames=1, workers=workers)
@@ -173,7 +174,7 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
         renderer = BSPIterator(index, batch_size=1, synthesis=SynthesisConfig(tau=1, types=("same_speed",)),
                                spatial=spatial, device=dev, num_threads=threads, epoch_size=1,
                                max_bad_videos=10**9)
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev == "gpu" else contextlib.nullcontext
+        autocast = autocast_for(dev)
         try:
             for k, info in enumerate(index.videos):
                 vid = video_id(info.path)

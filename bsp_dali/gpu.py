@@ -3,8 +3,9 @@ with an error that says how to install them (STYLE.md, 9)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+from typing import Any, Callable
 
 INSTALL_HINT = (
     "install the GPU extra: pip install 'bsp-dali[cu13]' (CUDA 13) or 'bsp-dali[cu12]' (CUDA 12)"
@@ -33,6 +34,16 @@ def resolve_device(device: str) -> str:
     if device == "gpu" and not cuda_available():
         raise GPUUnavailableError("the GPU was asked for but no CUDA device is usable (is CuPy installed?)")
     return device
+
+
+def autocast(device: str) -> Callable[[], Any]:
+    """A factory of the mixed-precision context: bf16 autocast on the GPU, nothing on the CPU
+    (one code path for both, as nanoGPT does)."""
+    if device == "gpu":
+        import torch
+
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 @functools.lru_cache(maxsize=1)

@@ -69,7 +69,7 @@ class IngestReport:
 
 
 # ---------------------------------------------------------------------------------- discovery
-def _is_video(name: str) -> bool:
+def is_video_name(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".")
 
 
@@ -82,7 +82,7 @@ def discover_folder(root: Path, split: str | None = None) -> list[Entry]:
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
         for name in sorted(filenames):
-            if not _is_video(name):
+            if not is_video_name(name):
                 continue
             full = Path(dirpath) / name
             if full.parent == base:

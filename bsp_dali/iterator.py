@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -34,6 +35,7 @@ import numpy as np
 
 from .augment import SpatialConfig
 from .config import ChoiceEnum, SynthesisConfig
+from .demo import DEMO_SCHEME
 from .decode import (DecodeError, FrameReader, SourceJob, decode_cpu, default_threads, read_bytes,
                      select_reader, source_jobs)
 from .gpu import GPUUnavailableError, resolve_device
@@ -166,15 +168,13 @@ class BSPIterator:
     def _pick_decoder(self, decoder: str) -> str:
         if decoder not in ("auto", "dali", "pyav"):
             raise ValueError(f"decoder ({decoder!r}) must be auto, dali or pyav")
-        demo = bool(self.index.videos) and self.index.videos[0].path.startswith("demo://")
+        demo = bool(self.index.videos) and self.index.videos[0].path.startswith(DEMO_SCHEME)
         if demo:
             return "demo"
-        if decoder == "auto":
-            return "dali" if self.device == "gpu" or _dali_installed() else "pyav"
+        if decoder == "auto":  # without DALI, PyAV decodes on the CPU (and the GPU synthesizes)
+            return "dali" if _dali_installed() else "pyav"
         if decoder == "dali" and not _dali_installed():
             raise GPUUnavailableError("decoder='dali' was asked for but NVIDIA DALI is not installed")
-        if self.device == "gpu" and decoder == "pyav":
-            return "pyav"  # decode on the CPU, synthesize on the GPU
         return decoder
 
     @property
@@ -293,6 +293,12 @@ class BSPIterator:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def __enter__(self) -> "BSPIterator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -484,13 +490,19 @@ class _Prefetcher:
     def __init__(self, it: BSPIterator, epoch: int, start: int):
         self.q: queue.Queue = queue.Queue(maxsize=it.prefetch)
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(it, epoch, start), daemon=True, name="bsp-prefetch")
+        # a weak reference: an iterator dropped mid-epoch is collected, and its __del__ stops us
+        self.thread = threading.Thread(target=self._run, args=(weakref.ref(it), epoch, start, len(it)), daemon=True,
+                                       name="bsp-prefetch")
         self.thread.start()
 
-    def _run(self, it: BSPIterator, epoch: int, start: int) -> None:
+    def _run(self, ref: "weakref.ref[BSPIterator]", epoch: int, start: int, length: int) -> None:
         try:
-            for b in range(start, len(it)):
+            for b in range(start, length):
+                it = ref()
+                if it is None or self._stop.is_set():
+                    return
                 item = ("ok", it._prepare(epoch, b))
+                del it
                 while not self._stop.is_set():
                     try:
                         self.q.put(item, timeout=0.1)
@@ -521,7 +533,8 @@ class _Prefetcher:
                 self.q.get_nowait()
             except queue.Empty:
                 break
-        self.thread.join(timeout=30)
+        if threading.current_thread() is not self.thread:
+            self.thread.join()  # never two prefetchers at once: they share the pool and DALI pipelines
 
 
 def _try(fn: Any, *args: Any) -> Any:

@@ -27,11 +27,7 @@ DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 
 
 class DaliPipelineError(RuntimeError):
-    """DALI failed on a batch; the pipeline has been rebuilt. ``requests`` is the failed batch."""
-
-    def __init__(self, message: str, requests: Sequence[Any]):
-        super().__init__(message)
-        self.requests = list(requests)
+    """DALI failed on a batch; the pipeline has been rebuilt (``find_failures`` names the culprits)."""
 
 
 def import_dali() -> Any:
@@ -49,14 +45,13 @@ def import_dali() -> Any:
 class SourceRequest:
     """One source to decode: encoded bytes, frames, relative box (y0, x0, y1, x1), flip."""
 
-    __slots__ = ("data", "frames", "box", "flip", "tag")
+    __slots__ = ("data", "frames", "box", "flip")
 
-    def __init__(self, data: np.ndarray, frames: Sequence[int], box: Sequence[float], flip: bool, tag: Any = None):
+    def __init__(self, data: np.ndarray, frames: Sequence[int], box: Sequence[float], flip: bool):
         self.data = data
         self.frames = np.asarray(frames, dtype=np.int32)
         self.box = tuple(float(b) for b in box)
         self.flip = bool(flip)
-        self.tag = tag
 
 
 class DaliDecoder:
@@ -125,7 +120,7 @@ class DaliDecoder:
             log.warning("DALI failed on a batch of %d sources: %s", len(requests),
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             self._pipe = self._build()  # DALI invalidates a pipeline after an error
-            raise DaliPipelineError(str(e), requests) from None
+            raise DaliPipelineError(str(e)) from None
         if self.device == "gpu":
             import cupy as cp
 

@@ -356,8 +356,9 @@ class Planner:
             videos, mu = [a, b], tau
         elif kind == BoundaryType.SAME_CLASS:
             need = frames_needed_same_class(tau, d)
+            # a needs a partner in its class that is long enough and not banned
             a = pick(rng, self._all, need,
-                              accept=lambda v: self._class[labels[v]].count(need) >= 2)
+                     accept=lambda v: sum(int(m) not in banned for m in self._class[labels[v]].eligible(need)) >= 2)
             b = pick(rng, self._class[labels[a]], need, exclude=a)
             a0, b0 = self._start(rng, a, need), self._start(rng, b, need)
             recipe = recipe_same_class(tau, a0, b0, d)

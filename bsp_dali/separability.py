@@ -15,7 +15,6 @@ non-boundary pair. Printed and saved as JSON.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .augment import SpatialConfig, SpatialMode
+from .gpu import autocast as autocast_for
 from .config import BoundaryType, SynthesisConfig
 from .index import DatasetIndex
 from .planner import Planner, SamplePlan, plain_plan
@@ -97,7 +97,7 @@ def inspect(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], out: str | 
                            spatial=SpatialConfig(size=(size, size), mode=SpatialMode.RESIZE), device=device,
                            epoch_size=1)
     tdev = torch.device("cuda" if device == "gpu" else "cpu")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "gpu" else contextlib.nullcontext
+    autocast = autocast_for(device)
 
     def features(plans: list[SamplePlan], enc: Any) -> np.ndarray:
         out_f = []

@@ -15,7 +15,6 @@ then for each epoch, for each batch: forward, loss, backward, clip, step; checkp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .augment import SpatialConfig, SpatialMode
+from .gpu import autocast as autocast_for
 from .config import SynthesisConfig
 from .index import DatasetIndex
 
@@ -199,7 +199,7 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if warm > 0 and step < warm:
-        return (step + 1) / warm
+        return min(1.0, (step + 1) / warm)
     if cfg.schedule == "cosine":
         progress = (step - warm) / max(1.0, total - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
@@ -335,12 +335,13 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     opt = (torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
            else torch.optim.AdamW(groups, lr=base_lr))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_gpu else contextlib.nullcontext
+    autocast = autocast_for("gpu" if on_gpu else "cpu")
 
     # ---- resume
     step, epoch, mid_epoch = 0, 0, False
     last = ckpt_dir / "last.pt"
-    if cfg.resume and last.is_file():
+    # rank 0 decides, so that all ranks start at the same step (every rank must then read the file)
+    if cfg.resume and gather_objects(last.is_file(), world)[0]:
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{last} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
@@ -348,9 +349,15 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-        for name, ldr in (("bsp_loader", bsp_loader), ("action_loader", action_loader)):
-            if ldr is not None and state.get(name):
-                ldr.load_state_dict({**state[name], "rank": rank, "world": world})
+        saved = state["loaders"]  # one entry per rank of the saving run
+        mine = saved[rank] if len(saved) == world else saved[0]
+        for name, ldr in (("bsp", bsp_loader), ("action", action_loader)):
+            if ldr is not None and mine.get(name):
+                ldr.load_state_dict(mine[name])
+                if len(saved) != world:  # another world size: shards differ, so restart that epoch
+                    log.warning("resuming with %d processes from a run with %d: epoch %d starts over",
+                                world, len(saved), ldr.epoch)
+                    ldr.set_epoch(ldr.epoch)
         epoch = loader.epoch
         mid_epoch = 0 < loader.position < len(loader)
         if loader.position >= len(loader):
@@ -361,16 +368,15 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
     def save(path: Path) -> None:
         rngs = gather_objects(rng_state(), world)
+        loaders = gather_objects({"bsp": bsp_loader.state_dict() if bsp_loader else None,
+                                  "action": action_loader.state_dict() if action_loader else None}, world)
         if not is_main:
             return
         atomic_save({"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "scaler": None, "step": step, "config": {
                          **cfg.to_dict(), "model": {"arch": cfg.arch, "num_frames": cfg.synthesis.T, "fold_div": 8,
                                                     "num_actions": index.num_classes, "task": cfg.task}},
-                     "classes": list(index.classes),
-                     "bsp_loader": bsp_loader.state_dict() if bsp_loader else None,
-                     "action_loader": action_loader.state_dict() if action_loader else None,
-                     "rng": rngs}, path)
+                     "classes": list(index.classes), "loaders": loaders, "rng": rngs}, path)
 
     def compute_loss(batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         with autocast():
@@ -433,8 +439,9 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                     clips = 0
                 if step % cfg.checkpoint_every == 0:
                     save(last)
-                over_time = cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes
-                if (cfg.max_steps is not None and step >= cfg.max_steps) or _agree(over_time, world):
+                # the time limit is agreed by all ranks (clocks differ); the config is the same everywhere
+                over_time = cfg.max_minutes is not None and _agree((time.time() - t_start) / 60 >= cfg.max_minutes, world)
+                if (cfg.max_steps is not None and step >= cfg.max_steps) or over_time:
                     stop = True
                     break
             save(last)
@@ -491,7 +498,8 @@ def validate(model: Any, val_index: DatasetIndex, cfg: TrainConfig, common: dict
     n_cls = cfg.synthesis.num_classes if mode == "bsp" else val_index.num_classes
     device = next(model.parameters()).device
     conf = torch.zeros(n_cls, n_cls, dtype=torch.int64, device=device)
-    sq_err, n_reg = torch.zeros((), device=device), 0
+    sq_err = torch.zeros((), device=device)
+    n_reg = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
     try:
@@ -514,8 +522,9 @@ def validate(model: Any, val_index: DatasetIndex, cfg: TrainConfig, common: dict
 
         dist.all_reduce(conf)
         dist.all_reduce(sq_err)
+        dist.all_reduce(n_reg)
     if cfg.task == "regression":
-        return {"val_smooth_l1": float(sq_err) / max(1, n_reg * world)}
+        return {"val_smooth_l1": float(sq_err) / max(1, int(n_reg))}
     total = int(conf.sum())
     acc = float(conf.diag().sum()) / max(1, total)
     return {"val_accuracy": acc, "val_clips": total, "confusion": conf.cpu().tolist()}

@@ -187,3 +187,19 @@ def test_shard_is_taken_from_torch_distributed(tmp_path, indexed_h264):
         assert shard_line == f"{r} 2"
         seen.append([int(i) for i in idx_line.split()])
     assert sorted(seen[0] + seen[1]) == list(range(8)) and not set(seen[0]) & set(seen[1])
+
+
+def test_an_abandoned_iterator_stops_its_prefetch_thread(indexed_h264):
+    import gc
+
+    it = make(indexed_h264, batch_size=2, epoch_size=8)
+    next(iter(it))
+    thread = it._worker.thread
+    del it
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    with make(indexed_h264, batch_size=2, epoch_size=8) as it2:  # a context manager closes it
+        next(iter(it2))
+        thread = it2._worker.thread
+    assert not thread.is_alive()

@@ -309,3 +309,15 @@ def test_recipe_json_has_exactly_the_documented_format():
     assert set(obj["sources"][0]) == {"path", "class"}
     assert obj["sources"][0]["path"].startswith("train/class")
     assert all(len(term) == 3 for frame in obj["recipe"] for term in frame)
+
+
+def test_replacement_draws_avoid_banned_videos_and_partners_left_alone():
+    index = make_index([2, 3])  # class0: videos 0 and 1; class1: videos 2, 3, 4
+    p = Planner(index, SynthesisConfig(types=(SC,)), seed=0)
+    for i in range(200):
+        plan = p.plan(i, banned=frozenset({0}))
+        # video 1 has no unbanned partner left in class0: only class1 can give a same_class pair
+        assert plan.sources[0].label == plan.sources[1].label == 1
+        assert 0 not in {s.video for s in plan.sources}
+    with pytest.raises(PlanningError, match="no usable video is left"):
+        p.plan(0, banned=frozenset({0, 2, 3}))

@@ -91,7 +91,7 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     assert len(summary["validation"]["confusion"]) == 4
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["step"] == 8 and ckpt["config"]["model"]["arch"] == "resnet18"
-    assert {"model", "optimizer", "scheduler", "rng", "bsp_loader"} <= set(ckpt)
+    assert {"model", "optimizer", "scheduler", "rng", "loaders"} <= set(ckpt) and ckpt["loaders"][0]["bsp"]["batch"] == 4
     assert (out / "checkpoints" / "epoch-000.pt").is_file() and (out / "checkpoints" / "epoch-001.pt").is_file()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
@@ -179,3 +179,15 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == ref["step"] == 6
     assert summary["weight_fingerprints"] == ref["weight_fingerprints"]
+
+
+def test_learning_rate_schedule_never_exceeds_the_base_rate():
+    from bsp_dali.train import TrainConfig, lr_factor
+
+    for warm in (0.0, 1.0, 2.5):
+        for sched in ("cosine", "step"):
+            cfg = TrainConfig(warmup_epochs=warm, schedule=sched, epochs=30)
+            f = [lr_factor(cfg, s, 7) for s in range(30 * 7)]
+            assert max(f) <= 1.0 and min(f) >= 0.0
+            if warm:
+                assert f[0] < f[int(warm * 7) - 1] <= 1.0
