@@ -452,7 +452,7 @@ def inspect_cmd(
             name = name or Path(path).parent.parent.name or Path(path).stem
             state = load_bsp_checkpoint(path)
             cfg0 = cfg0 or state["config"]
-            encs.append((name, encoder_from_bsp_checkpoint(path)))
+            encs.append((name, encoder_from_bsp_checkpoint(state)))
         if untrained:
             import torch
 

@@ -106,13 +106,14 @@ def video_id(path: str) -> str:
     return Path(path).name.rsplit(".", 1)[0]
 
 
-def load_encoders(checkpoints: Sequence[str | os.PathLike], device: Any) -> list[Any]:
-    from bsp_models import encoder_from_bsp_checkpoint
+def load_encoders(checkpoints: Sequence[str | os.PathLike], device: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The encoders of the checkpoints, and the first checkpoint's training config."""
+    from bsp_models import encoder_from_bsp_checkpoint, load_bsp_checkpoint
 
-    encs = [encoder_from_bsp_checkpoint(c).to(device).eval() for c in checkpoints]
-    if not encs:
+    if not checkpoints:
         raise ValueError("give at least one --checkpoint")
-    return encs
+    states = [load_bsp_checkpoint(c) for c in checkpoints]  # each file is read once
+    return [encoder_from_bsp_checkpoint(s).to(device).eval() for s in states], states[0]["config"]
 
 
 def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -134,7 +135,7 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
         raise ValueError(f"rescale ({rescale_to}) must be >= 2")
     dev = resolve_device(device)
     tdev = torch.device("cuda" if dev == "gpu" else "cpu")
-    encoders = load_encoders(checkpoints, tdev)
+    encoders, train_config = load_encoders(checkpoints, tdev)
     frames_per = {e.config.num_frames for e in encoders}
     if len(frames_per) != 1:
         raise ValueError(f"the checkpoints were trained on different clip lengths {sorted(frames_per)}")
@@ -146,9 +147,7 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     if stride < 1:
         raise ValueError(f"--stride ({stride}) must be >= 1")
     if size is None:
-        from bsp_models import load_bsp_checkpoint
-
-        size = int(load_bsp_checkpoint(checkpoints[0])["config"].get("size", 224))
+        size = int(train_config.get("size", 224))
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)

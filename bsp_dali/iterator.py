@@ -411,27 +411,21 @@ class BSPIterator:
         kind, ids, plans, payload = item
         if kind == "gpu":
             plans, stacks = self._decode_gpu_batch(ids, plans, payload)
-        elif kind == "done":  # already decoded on the device
+        else:  # "cpu": decoded on the host; "done": already decoded on the device
             stacks = payload
-        else:
-            stacks = payload
-            if self.device == "gpu":
-                from .gpu import import_cupy
-
-                cp = import_cupy()
-                with cp.cuda.Device(self.device_id):
-                    stacks = [cp.asarray(s) for s in stacks]
         tables = RecipeTables.from_plans(plans)
-        if self.device == "gpu":
-            from .gpu import import_cupy
-
-            cp = import_cupy()
-            with cp.cuda.Device(self.device_id):
-                video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
-                # DALI reuses its output buffers on the next run: finish reading them first
-                cp.cuda.get_current_stream().synchronize()
-        else:
+        if self.device != "gpu":
             video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
+            return RawBatch(plans, video)
+        from .gpu import import_cupy
+
+        cp = import_cupy()
+        with cp.cuda.Device(self.device_id):
+            if kind == "cpu":  # host-decoded stacks (PyAV): one upload each
+                stacks = [cp.asarray(s) for s in stacks]
+            video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
+            # DALI reuses its output buffers on the next run: finish reading them first
+            cp.cuda.get_current_stream().synchronize()
         return RawBatch(plans, video)
 
     def _decode_gpu_batch(self, ids: list[int], plans: list[SamplePlan], data: list[Any]) -> tuple[list[SamplePlan], list[Any]]:

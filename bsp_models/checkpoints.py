@@ -95,11 +95,12 @@ def load_bsp_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def encoder_from_bsp_checkpoint(path: str | Path) -> TSMEncoder:
-    """The encoder of a bsp-dali checkpoint, weights loaded, in eval mode."""
+def encoder_from_bsp_checkpoint(source: str | Path | dict[str, Any]) -> TSMEncoder:
+    """The encoder of a bsp-dali checkpoint (a path, or a state already loaded with
+    :func:`load_bsp_checkpoint`), weights loaded, in eval mode."""
     from .encoder import EncoderConfig
 
-    state = load_bsp_checkpoint(path)
+    state = source if isinstance(source, dict) else load_bsp_checkpoint(source)
     cfg = state["config"]["model"]
     enc = TSMEncoder(EncoderConfig(cfg["arch"], cfg["num_frames"], cfg.get("fold_div", 8)))
     prefix = "encoder."
