@@ -48,6 +48,15 @@ class VideoInfo:
         if not (self.fps > 0):
             raise ValueError(f"{self.path}: fps ({self.fps}) must be > 0")
 
+    def frames_to_decode(self, first: int, last: int) -> int:
+        """Frames a seeking decoder decodes to return frames ``first..last`` (inclusive): from the
+        last recorded keyframe at or before ``first`` (frame 0 when none is recorded) through
+        ``last``. The decode cost of a window, computed from the keyframe table alone."""
+        if not (0 <= first <= last < self.num_frames):
+            raise ValueError(f"{self.path}: frames {first}..{last} outside 0..{self.num_frames - 1}")
+        start = max((k for k, _ in self.keyframes if k <= first), default=0)
+        return last - start + 1
+
 
 class DatasetIndex:
     """Videos plus the class map (class index -> class name).

@@ -73,3 +73,16 @@ def test_index_from_lists_sorts_classes_and_checks_input(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         DatasetIndex.load(tmp_path / "bad.json")
+
+
+def test_frames_to_decode_counts_from_the_keyframe_before_the_window():
+    from bsp_dali.index import VideoInfo
+
+    v = VideoInfo("a.mp4", 0, 300, keyframes=((0, 0), (250, 10000)))
+    assert v.frames_to_decode(0, 7) == 8
+    assert v.frames_to_decode(120, 127) == 128  # decoded from frame 0
+    assert v.frames_to_decode(249, 256) == 257  # window straddles the second keyframe
+    assert v.frames_to_decode(250, 257) == 8
+    assert VideoInfo("b.mp4", 0, 50).frames_to_decode(10, 12) == 13  # no table: from frame 0
+    with pytest.raises(ValueError, match="outside"):
+        v.frames_to_decode(295, 300)
