@@ -102,12 +102,14 @@ def index(
     report: Optional[Path] = typer.Option(None, "--report", help="Machine-readable report (default: next to the manifest, .report.json)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel probe processes (default: all cores)."),
     min_frames: Optional[int] = typer.Option(None, "--min-frames", help="Exclude videos shorter than this (default: what the default clip settings need)."),
+    probe: str = typer.Option("packets", "--probe", help="packets: read the container only (fast; frame count, keyframes, size, checked against the header); decode: decode every frame (slow; also names files whose payload does not decode)."),
 ) -> None:
-    """Probe every video (decoding it in full) and write the manifest the other commands read.
+    """Probe every video and write the manifest the other commands read.
 
-    Unusable files (empty, not a video, no video stream, truncated, undecodable, too short,
-    listed but missing) are excluded and reported with their reason; the exit status is non-zero
-    only when nothing usable is left. Re-running skips files that did not change.
+    Unusable files (empty, not a video, no video stream, truncated, too short, listed but missing;
+    with --probe decode also undecodable payloads) are excluded and reported with their reason; the
+    exit status is non-zero only when nothing usable is left. Re-running skips files that did not
+    change (a --probe decode run re-probes files an earlier run read by packets only).
     """
     from .ingest import MANIFEST_NAME, IngestError, index_data
     from .planner import min_frames_needed
@@ -118,13 +120,15 @@ def index(
             raise UserError(f"--min-frames ({need}) must be >= 1")
         if workers is not None and workers < 1:
             raise UserError(f"--workers ({workers}) must be >= 1")
+        if probe not in ("packets", "decode"):
+            raise UserError(f"--probe must be packets or decode, got {probe!r}")
         manifest = out or (data_root / MANIFEST_NAME)
-        with _progress("probing") as bar:
+        with _progress(f"probing ({probe})") as bar:
             task = bar.add_task("probe", total=None)
             rep = index_data(data_root, annotations=annotations, list_file=list_file, split=split,
                              min_frames=need, manifest=manifest, workers=workers,
                              progress_total=lambda n: bar.update(task, total=n),
-                             progress=lambda k: bar.advance(task, k))
+                             progress=lambda k: bar.advance(task, k), probe=probe)
     except (UserError, IngestError, ValueError) as e:
         _fail(str(e))
         return
@@ -132,7 +136,10 @@ def index(
     report_path.write_text(json.dumps(rep.to_json(), indent=1))
     idx = rep.index
     out_console.print(f"{len(idx)} usable videos in {len(idx.classes)} classes "
-                      f"({rep.probed} probed, {rep.reused} unchanged since the last index)")
+                      f"({rep.probed} probed by {probe}, {rep.reused} unchanged since the last index)")
+    if rep.decoded_instead:
+        out_console.print(f"{len(rep.decoded_instead)} decoded in full because their packets could not vouch "
+                          f"for the frames (first: {rep.decoded_instead[0]['path']}: {rep.decoded_instead[0]['why']})")
     if rep.excluded:
         out_console.print(f"{len(rep.excluded)} excluded: " +
                           ", ".join(f"{k}: {v}" for k, v in sorted(rep.reasons().items())))
