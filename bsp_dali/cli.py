@@ -151,6 +151,84 @@ def index(
 
 
 @app.command()
+def transcode(
+    src: Path = typer.Argument(..., help="Data root to read: a Kinetics-layout folder ([split/]class/video.mp4), or the root --annotations/--list resolve against."),
+    dst: Path = typer.Argument(..., help="Output folder (created): the same layout, every video as .mp4."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Kinetics annotation CSV (copied to DST; it names no paths)."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path label' lines (rewritten into DST to point at the outputs)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (a sub-folder, or the CSV's split column)."),
+    gop: int = typer.Option(16, "--gop", help="Frames from one keyframe to the next (exact)."),
+    bframes: int = typer.Option(0, "--bframes", help="B-frames between references (0: none, the fastest to seek)."),
+    short_side: int = typer.Option(256, "--short-side", help="Scale the short side to this (aspect kept, even dimensions)."),
+    keep_size: bool = typer.Option(False, "--keep-size", help="Keep the source size (rounded to even) instead of --short-side."),
+    crf: int = typer.Option(23, "--crf", help="Quality: libx264 constant rate factor (NVENC: -cq), 0..51, lower is better and larger."),
+    preset: str = typer.Option("fast", "--preset", help="libx264 speed preset (ultrafast..veryslow)."),
+    keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep the audio (copied, or re-encoded to AAC); dropped by default."),
+    encoder: str = typer.Option("auto", "--encoder", help="auto (NVENC where PyAV can open it, else libx264), libx264 or h264_nvenc."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes, one video each (default: all cores)."),
+) -> None:
+    """Re-encode every video once for fast random access: H.264, a keyframe every --gop frames, no
+    B-frames, short side 256, constant frame rate. Every output has its source's frames, in order.
+
+    Resumable (a rerun skips finished outputs) and atomic (each output is renamed into place when
+    complete). Failing videos are listed and skipped; a full disk stops the run, keeping finished
+    outputs. Then: bsp-dali index DST (with the same --annotations/--list name, found in DST).
+    See docs/transcode.md.
+    """
+    import logging
+
+    from rich.progress import ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from .transcode import DiskFull, TranscodeError, TranscodeSettings, transcode_dataset
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:.2f} videos/s" if task.speed else "-- videos/s")
+
+    logging.getLogger("bsp_dali.transcode").setLevel(logging.ERROR)  # failures are printed below
+    try:
+        settings = TranscodeSettings(gop=gop, bframes=bframes, short_side=short_side, keep_size=keep_size, crf=crf,
+                                     preset=preset, keep_audio=keep_audio, encoder=encoder)
+        with Progress(TextColumn("transcoding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("transcode", total=None)
+            rep = transcode_dataset(src, dst, settings, annotations=annotations, list_file=list_file, split=split,
+                                    workers=workers, progress_total=lambda n: bar.update(task, total=n),
+                                    progress=lambda k: bar.advance(task, k))
+    except DiskFull as e:
+        _fail(f"{e}", code=3)
+        return
+    except (TranscodeError, ValueError) as e:
+        _fail(str(e))
+        return
+    s = rep.summary()
+    mb = 1024 * 1024
+    out_console.print(rep.encoder_note)
+    out_console.print(f"{s['done']} transcoded, {s['skipped']} already done, {s['failed']} failed "
+                      f"({s['frames']} frames; {s['size_in'] / mb:.1f} MiB in -> {s['size_out'] / mb:.1f} MiB out"
+                      + (f", x{s['size_ratio']:.2f}" if s["size_ratio"] else "") + f") in {s['seconds']:.1f} s"
+                      + (f", {s['videos_per_second']:.2f} videos/s" if s["videos_per_second"] else ""))
+    vfr = [v for v in rep.videos if v.vfr and v.status == "done"]
+    if vfr:
+        out_console.print(f"{len(vfr)} variable-frame-rate sources converted to their average rate, e.g. "
+                          f"{vfr[0].src} -> {vfr[0].fps_out:.3f} fps")
+    for v in rep.failed[:10]:
+        out_console.print(f"[yellow]failed {v.src}: {v.reason}[/]")
+    if len(rep.failed) > 10:
+        out_console.print(f"  ... {len(rep.failed) - 10} more in the report")
+    out_console.print(f"report: {dst / 'bsp-dali-transcode.report.json'}")
+    if rep.written_list:
+        out_console.print(f"index it: bsp-dali index {dst} --{rep.layout == 'csv' and 'annotations' or 'list'} "
+                          f"{rep.written_list}" + (f" --split {split}" if split else ""))
+    else:
+        out_console.print(f"index it: bsp-dali index {dst}" + (f" --split {split}" if split else ""))
+    if rep.failed and not (s["done"] or s["skipped"]):
+        raise typer.Exit(1)
+
+
+@app.command()
 def preview(
     data: Optional[Path] = typer.Argument(None, help="A manifest, or a folder indexed with `bsp-dali index` (default: the built-in demo set)."),
     out: Path = typer.Option(Path("preview"), "--out", help="Output folder."),
