@@ -162,7 +162,7 @@ def transcode(
     short_side: int = typer.Option(256, "--short-side", help="Scale the short side to this (aspect kept, even dimensions)."),
     keep_size: bool = typer.Option(False, "--keep-size", help="Keep the source size (rounded to even) instead of --short-side."),
     crf: int = typer.Option(23, "--crf", help="Quality: libx264 constant rate factor (NVENC: -cq), 0..51, lower is better and larger."),
-    preset: str = typer.Option("fast", "--preset", help="libx264 speed preset (ultrafast..veryslow)."),
+    preset: str = typer.Option("veryfast", "--preset", help="libx264 speed preset (ultrafast..veryslow)."),
     keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep the audio (copied, or re-encoded to AAC); dropped by default."),
     encoder: str = typer.Option("auto", "--encoder", help="auto (NVENC where PyAV can open it, else libx264), libx264 or h264_nvenc."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes, one video each (default: all cores)."),

@@ -83,7 +83,7 @@ class TranscodeSettings:
     short_side: int = 256
     keep_size: bool = False
     crf: int = 23  # libx264 constant rate factor; NVENC's constant-quality target (-cq)
-    preset: str = "fast"  # libx264 preset (NVENC uses p4)
+    preset: str = "veryfast"  # libx264 preset (NVENC uses p4): a training cache, not an archive
     keep_audio: bool = False
     encoder: Encoder = Encoder.AUTO
 
