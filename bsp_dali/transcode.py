@@ -119,17 +119,18 @@ def _parse_encoder(value: "Encoder | str") -> Encoder:
 
 
 def output_size(width: int, height: int, settings: TranscodeSettings) -> tuple[int, int]:
-    """(width, height) of the output: short side ``settings.short_side`` with the aspect kept, or
-    the source size (``keep_size``); both even (4:2:0), at least 2."""
+    """(width, height) of the output: short side ``settings.short_side`` (rounded to even) with the
+    aspect kept (the long side to the nearest even number), or the source size (``keep_size``, an
+    odd side rounded down to even); 4:2:0 needs even sides."""
     if width < 1 or height < 1:
         raise ValueError(f"frame size ({width}x{height}) must be positive")
-    if settings.keep_size:
-        w, h = width, height
-    elif height <= width:
+    if settings.keep_size:  # an odd side loses one pixel (scaled, not cropped)
+        return max(2, width - width % 2), max(2, height - height % 2)
+    if height <= width:
         h, w = settings.short_side, width * settings.short_side / height
     else:
         w, h = settings.short_side, height * settings.short_side / width
-    return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
+    return max(2, int(w / 2 + 0.5) * 2), max(2, int(h / 2 + 0.5) * 2)  # nearest even, halves up
 
 
 # ---------------------------------------------------------------------------------- encoders
@@ -623,8 +624,12 @@ def transcode_dataset(source: DatasetIndex | str | os.PathLike, dst: str | os.Pa
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name("." + path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        _remove(str(tmp))
+        raise
 
 
 __all__ = ["DiskFull", "Encoder", "REPORT_NAME", "TranscodeError", "TranscodeReport", "TranscodeSettings",
