@@ -178,6 +178,19 @@ def test_packet_probe_agrees_with_full_decoding(data, request):
         assert abs(fast.duration - fast.num_frames / fast.fps) < 1.5 / fast.fps
 
 
+@pytest.mark.parametrize("codec, ext", [("vp8", "webm"), ("mpeg4", "mp4"), ("mjpeg", "avi"), ("hevc", "mp4"),
+                                        ("h264", "mkv"), ("h264", "avi")])
+def test_packet_probe_agrees_on_other_codecs_and_containers(tmp_path, codec, ext):
+    from bsp_dali.probe import probe_packets, probe_video
+
+    path = tmp_path / f"v.{ext}"
+    write_index_video(path, 41, 64, 96, codec=codec, gop=10)
+    fast, full = probe_packets(path), probe_video(path)
+    assert fast.method == "packets"
+    assert (fast.num_frames, fast.keyframes, fast.width, fast.height, fast.codec) == \
+           (full.num_frames, full.keyframes, full.width, full.height, full.codec) and fast.num_frames == 41
+
+
 def test_h264_bframes_packets_arrive_out_of_presentation_order(kinetics_h264):
     """The agreement above is not trivial: the packets' pts are not sorted in decode order."""
     import av
