@@ -102,12 +102,14 @@ def index(
     report: Optional[Path] = typer.Option(None, "--report", help="Machine-readable report (default: next to the manifest, .report.json)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel probe processes (default: all cores)."),
     min_frames: Optional[int] = typer.Option(None, "--min-frames", help="Exclude videos shorter than this (default: what the default clip settings need)."),
+    probe: str = typer.Option("packets", "--probe", help="packets: read the container only (fast; frame count, keyframes, size, checked against the header); decode: decode every frame (slow; also names files whose payload does not decode)."),
 ) -> None:
-    """Probe every video (decoding it in full) and write the manifest the other commands read.
+    """Probe every video and write the manifest the other commands read.
 
-    Unusable files (empty, not a video, no video stream, truncated, undecodable, too short,
-    listed but missing) are excluded and reported with their reason; the exit status is non-zero
-    only when nothing usable is left. Re-running skips files that did not change.
+    Unusable files (empty, not a video, no video stream, truncated, too short, listed but missing;
+    with --probe decode also undecodable payloads) are excluded and reported with their reason; the
+    exit status is non-zero only when nothing usable is left. Re-running skips files that did not
+    change (a --probe decode run re-probes files an earlier run read by packets only).
     """
     from .ingest import MANIFEST_NAME, IngestError, index_data
     from .planner import min_frames_needed
@@ -118,13 +120,15 @@ def index(
             raise UserError(f"--min-frames ({need}) must be >= 1")
         if workers is not None and workers < 1:
             raise UserError(f"--workers ({workers}) must be >= 1")
+        if probe not in ("packets", "decode"):
+            raise UserError(f"--probe must be packets or decode, got {probe!r}")
         manifest = out or (data_root / MANIFEST_NAME)
-        with _progress("probing") as bar:
+        with _progress(f"probing ({probe})") as bar:
             task = bar.add_task("probe", total=None)
             rep = index_data(data_root, annotations=annotations, list_file=list_file, split=split,
                              min_frames=need, manifest=manifest, workers=workers,
                              progress_total=lambda n: bar.update(task, total=n),
-                             progress=lambda k: bar.advance(task, k))
+                             progress=lambda k: bar.advance(task, k), probe=probe)
     except (UserError, IngestError, ValueError) as e:
         _fail(str(e))
         return
@@ -132,7 +136,10 @@ def index(
     report_path.write_text(json.dumps(rep.to_json(), indent=1))
     idx = rep.index
     out_console.print(f"{len(idx)} usable videos in {len(idx.classes)} classes "
-                      f"({rep.probed} probed, {rep.reused} unchanged since the last index)")
+                      f"({rep.probed} probed by {probe}, {rep.reused} unchanged since the last index)")
+    if rep.decoded_instead:
+        out_console.print(f"{len(rep.decoded_instead)} decoded in full because their packets could not vouch "
+                          f"for the frames (first: {rep.decoded_instead[0]['path']}: {rep.decoded_instead[0]['why']})")
     if rep.excluded:
         out_console.print(f"{len(rep.excluded)} excluded: " +
                           ", ".join(f"{k}: {v}" for k, v in sorted(rep.reasons().items())))
@@ -141,6 +148,84 @@ def index(
         if len(rep.excluded) > 10:
             out_console.print(f"  ... {len(rep.excluded) - 10} more in {report_path}")
     out_console.print(f"manifest: {manifest}\nreport: {report_path}")
+
+
+@app.command()
+def transcode(
+    src: Path = typer.Argument(..., help="Data root to read: a Kinetics-layout folder ([split/]class/video.mp4), or the root --annotations/--list resolve against."),
+    dst: Path = typer.Argument(..., help="Output folder (created): the same layout, every video as .mp4."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Kinetics annotation CSV (copied to DST; it names no paths)."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path label' lines (rewritten into DST to point at the outputs)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (a sub-folder, or the CSV's split column)."),
+    gop: int = typer.Option(16, "--gop", help="Frames from one keyframe to the next (exact)."),
+    bframes: int = typer.Option(0, "--bframes", help="B-frames between references (0: none, the fastest to seek)."),
+    short_side: int = typer.Option(256, "--short-side", help="Scale the short side to this (aspect kept, even dimensions)."),
+    keep_size: bool = typer.Option(False, "--keep-size", help="Keep the source size (rounded to even) instead of --short-side."),
+    crf: int = typer.Option(23, "--crf", help="Quality: libx264 constant rate factor (NVENC: -cq), 0..51, lower is better and larger."),
+    preset: str = typer.Option("veryfast", "--preset", help="libx264 speed preset (ultrafast..veryslow)."),
+    keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep the audio (copied, or re-encoded to AAC); dropped by default."),
+    encoder: str = typer.Option("auto", "--encoder", help="auto (NVENC where PyAV can open it, else libx264), libx264 or h264_nvenc."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes, one video each (default: all cores)."),
+) -> None:
+    """Re-encode every video once for fast random access: H.264, a keyframe every --gop frames, no
+    B-frames, short side 256, constant frame rate. Every output has its source's frames, in order.
+
+    Resumable (a rerun skips finished outputs) and atomic (each output is renamed into place when
+    complete). Failing videos are listed and skipped; a full disk stops the run, keeping finished
+    outputs. Then: bsp-dali index DST (with the same --annotations/--list name, found in DST).
+    See docs/transcode.md.
+    """
+    import logging
+
+    from rich.progress import ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from .transcode import DiskFull, TranscodeError, TranscodeSettings, transcode_dataset
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:.2f} videos/s" if task.speed else "-- videos/s")
+
+    logging.getLogger("bsp_dali.transcode").setLevel(logging.ERROR)  # failures are printed below
+    try:
+        settings = TranscodeSettings(gop=gop, bframes=bframes, short_side=short_side, keep_size=keep_size, crf=crf,
+                                     preset=preset, keep_audio=keep_audio, encoder=encoder)
+        with Progress(TextColumn("transcoding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("transcode", total=None)
+            rep = transcode_dataset(src, dst, settings, annotations=annotations, list_file=list_file, split=split,
+                                    workers=workers, progress_total=lambda n: bar.update(task, total=n),
+                                    progress=lambda k: bar.advance(task, k))
+    except DiskFull as e:
+        _fail(f"{e}", code=3)
+        return
+    except (TranscodeError, ValueError) as e:
+        _fail(str(e))
+        return
+    s = rep.summary()
+    mb = 1024 * 1024
+    out_console.print(rep.encoder_note)
+    out_console.print(f"{s['done']} transcoded, {s['skipped']} already done, {s['failed']} failed "
+                      f"({s['frames']} frames; {s['size_in'] / mb:.1f} MiB in -> {s['size_out'] / mb:.1f} MiB out"
+                      + (f", x{s['size_ratio']:.2f}" if s["size_ratio"] else "") + f") in {s['seconds']:.1f} s"
+                      + (f", {s['videos_per_second']:.2f} videos/s" if s["videos_per_second"] else ""))
+    vfr = [v for v in rep.videos if v.vfr and v.status == "done"]
+    if vfr:
+        out_console.print(f"{len(vfr)} variable-frame-rate sources converted to their average rate, e.g. "
+                          f"{vfr[0].src} -> {vfr[0].fps_out:.3f} fps")
+    for v in rep.failed[:10]:
+        out_console.print(f"[yellow]failed {v.src}: {v.reason}[/]")
+    if len(rep.failed) > 10:
+        out_console.print(f"  ... {len(rep.failed) - 10} more in the report")
+    out_console.print(f"report: {dst / 'bsp-dali-transcode.report.json'}")
+    if rep.written_list:
+        out_console.print(f"index it: bsp-dali index {dst} --{rep.layout == 'csv' and 'annotations' or 'list'} "
+                          f"{rep.written_list}" + (f" --split {split}" if split else ""))
+    else:
+        out_console.print(f"index it: bsp-dali index {dst}" + (f" --split {split}" if split else ""))
+    if rep.failed and not (s["done"] or s["skipped"]):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -36,6 +36,7 @@ class VideoInfo:
     keyframes: tuple[tuple[int, int], ...] = ()  # (frame index, pts) of some keyframes, for seeking
     file_size: int = 0  # bytes, with mtime_ns: lets `bsp-dali index` skip unchanged files
     mtime_ns: int = 0
+    probe: str | None = None  # "packets" or "decode": which probe counted the frames (None: not probed)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyframes", tuple((int(a), int(b)) for a, b in self.keyframes))

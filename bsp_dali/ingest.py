@@ -8,9 +8,12 @@ Three ways to say which videos belong to the data set:
   the data root;
 * a list file of ``path label`` lines (paths relative to the root, or absolute).
 
-Every file is probed (decoded in full, in parallel worker processes); unusable files are excluded
-with their reason and never stop the others. Probing is incremental: a file whose size and
-modification time match the previous manifest is not probed again.
+Every file is probed in parallel worker processes, by its packets (``ProbeMode.PACKETS``, the
+default: demuxing only, fast enough for Kinetics' 240k files) or by decoding it in full
+(``ProbeMode.DECODE``: also names files whose payload does not decode); see ``probe.py`` for what
+each catches. Unusable files are excluded with their reason and never stop the others. Probing is
+incremental: a file whose size and modification time match the previous manifest is not probed
+again, unless the previous probe was by packets and this one asks for decoding.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .index import DatasetIndex, VideoInfo
-from .probe import BadVideo, probe_video
+from .probe import BadVideo, ProbeMode, probe as probe_file
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp")
 MANIFEST_NAME = "bsp-dali-manifest.json"
-KEYFRAME_SPACING = 32  # keep keyframes at least this many frames apart (all-intra codecs mark every frame)
+# Keep recorded keyframes at least this many frames apart: all-intra codecs mark every frame, and
+# the manifest holds one entry per kept keyframe. 8 keeps every keyframe of a `bsp-dali transcode`
+# output (GOP 16 by default), so readers seek to the nearest one.
+KEYFRAME_SPACING = 8
 
 
 class IngestError(ValueError):
@@ -53,6 +59,8 @@ class IngestReport:
     reused: int
     probed: int
     excluded: list[dict[str, Any]] = field(default_factory=list)
+    probe: str = ProbeMode.PACKETS.value
+    decoded_instead: list[dict[str, str]] = field(default_factory=list)  # packet probes that decoded, and why
 
     def reasons(self) -> dict[str, int]:
         """Excluded files counted by the first word of their reason (``truncated``...)."""
@@ -65,12 +73,34 @@ class IngestReport:
     def to_json(self) -> dict[str, Any]:
         return {"root": self.index.root, "found": self.found, "usable": len(self.index),
                 "classes": len(self.index.classes), "reused": self.reused, "probed": self.probed,
+                "probe": self.probe, "decoded_instead": self.decoded_instead,
                 "excluded": self.excluded, "excluded_by_reason": self.reasons()}
 
 
 # ---------------------------------------------------------------------------------- discovery
 def is_video_name(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".")
+
+
+def discover(root: str | os.PathLike, *, annotations: str | os.PathLike | None = None,
+             list_file: str | os.PathLike | None = None, split: str | None = None) -> list[Entry]:
+    """The entries of one of the three input forms (what ``bsp-dali index`` and ``transcode`` read)."""
+    root_p = Path(root)
+    if not root_p.exists():
+        raise IngestError(f"data root {root_p} does not exist")
+    if not root_p.is_dir():
+        raise IngestError(f"data root {root_p} is not a folder")
+    if annotations is not None and list_file is not None:
+        raise IngestError("give either --annotations or --list, not both")
+    if annotations is not None:
+        entries = discover_csv(root_p, Path(annotations), split)
+    elif list_file is not None:
+        entries = discover_list(root_p, Path(list_file))
+    else:
+        entries = discover_folder(root_p, split)
+    if not entries:
+        raise IngestError(f"no video files found under {root_p}" + (f" (split {split!r})" if split else ""))
+    return entries
 
 
 def discover_folder(root: Path, split: str | None = None) -> list[Entry]:
@@ -145,7 +175,13 @@ def discover_list(root: Path, list_path: Path) -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------- probing
-def _probe_one(full: str, min_frames: int) -> tuple[str, Any]:
+def _covers(have: str | None, want: ProbeMode) -> bool:
+    """Whether an earlier probe result of kind ``have`` may stand in for a ``want`` probe now
+    (manifests without the field, ``None``, predate packet probing: they were decoded)."""
+    return want is ProbeMode.PACKETS or have in (None, ProbeMode.DECODE.value)
+
+
+def _probe_one(full: str, min_frames: int, mode: ProbeMode = ProbeMode.PACKETS) -> tuple[str, Any]:
     """Worker: ('ok', fields) or ('bad', reason). Runs in a separate process."""
     try:
         import av
@@ -154,7 +190,7 @@ def _probe_one(full: str, min_frames: int) -> tuple[str, Any]:
     except Exception:  # noqa: BLE001
         pass
     try:
-        r = probe_video(full, min_frames=min_frames)
+        r = probe_file(full, mode, min_frames=min_frames)
     except BadVideo as e:
         return "bad", e.reason
     except Exception as e:  # noqa: BLE001 - a probe must never take the whole index down
@@ -164,14 +200,17 @@ def _probe_one(full: str, min_frames: int) -> tuple[str, Any]:
         if not kept or idx - kept[-1][0] >= KEYFRAME_SPACING:
             kept.append((idx, pts))
     return "ok", {"num_frames": r.num_frames, "fps": r.fps, "width": r.width, "height": r.height,
-                  "codec": r.codec, "keyframes": kept}
+                  "codec": r.codec, "keyframes": kept, "probe": r.method, "_note": r.note}
 
 
 def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames: int = 1,
                 previous: DatasetIndex | None = None, workers: int | None = None,
-                progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Probe ``entries`` (reusing ``previous`` results for unchanged files) into an index."""
+                progress: Callable[[int], None] | None = None,
+                probe: ProbeMode | str = ProbeMode.PACKETS) -> IngestReport:
+    """Probe ``entries`` with ``probe`` (reusing ``previous`` results for unchanged files) into an index."""
+    mode = ProbeMode.parse(probe)
     root = Path(root).resolve()
+    decoded_instead: list[dict[str, str]] = []
     old = {v.path: v for v in previous.videos} if previous is not None else {}
     old_bad = {e["path"]: e for e in previous.excluded} if previous is not None else {}
     seen: set[str] = set()
@@ -189,14 +228,15 @@ def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames
             continue
         st = os.stat(full)
         prev = old.get(e.path)
-        if prev is not None and prev.file_size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
+        if (prev is not None and prev.file_size == st.st_size and prev.mtime_ns == st.st_mtime_ns
+                and _covers(prev.probe, mode)):
             if prev.num_frames >= min_frames:
                 ok[e.path] = (e.class_name, {k: getattr(prev, k) for k in
                                              ("num_frames", "fps", "width", "height", "codec", "keyframes",
-                                              "file_size", "mtime_ns")})
+                                              "file_size", "mtime_ns", "probe")})
             else:
                 excluded.append({"path": e.path, "class": e.class_name, "file_size": st.st_size,
-                                 "mtime_ns": st.st_mtime_ns,
+                                 "mtime_ns": st.st_mtime_ns, "probe": prev.probe,
                                  "reason": f"too few frames: {prev.num_frames} < {min_frames} needed by the clip settings"})
             reused += 1
             if progress:
@@ -204,7 +244,7 @@ def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames
             continue
         bad = old_bad.get(e.path)
         if (bad is not None and bad.get("file_size") == st.st_size and bad.get("mtime_ns") == st.st_mtime_ns
-                and not bad["reason"].startswith("too few frames")):
+                and not bad["reason"].startswith("too few frames") and _covers(bad.get("probe"), mode)):
             excluded.append(dict(bad, **{"class": e.class_name}))
             reused += 1
             if progress:
@@ -214,20 +254,25 @@ def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames
 
     def record(e: Entry, size: int, mtime: int, status: str, payload: Any) -> None:
         if status == "ok":
+            note = payload.pop("_note", "")
+            if note:
+                decoded_instead.append({"path": e.path, "why": note})
+                log.info("%s: %s", e.path, note)
             ok[e.path] = (e.class_name, dict(payload, file_size=size, mtime_ns=mtime))
         else:
             excluded.append({"path": e.path, "class": e.class_name, "reason": payload,
-                             "file_size": size, "mtime_ns": mtime})
+                             "file_size": size, "mtime_ns": mtime, "probe": mode.value})
         if progress:
             progress(1)
 
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     if workers == 1 or len(todo) <= 1:
         for e, full, size, mtime in todo:
-            record(e, size, mtime, *_probe_one(full, min_frames))
+            record(e, size, mtime, *_probe_one(full, min_frames, mode))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_probe_one, full, min_frames): (e, size, mtime) for e, full, size, mtime in todo}
+            futures = {pool.submit(_probe_one, full, min_frames, mode): (e, size, mtime)
+                       for e, full, size, mtime in todo}
             for fut in as_completed(futures):
                 e, size, mtime = futures[fut]
                 try:
@@ -246,32 +291,23 @@ def build_index(root: str | os.PathLike, entries: Sequence[Entry], *, min_frames
             videos.append(VideoInfo(path=e.path, label=label[cls], **fields))
     excluded.sort(key=lambda x: x["path"])
     index = DatasetIndex(videos, classes, root=str(root), excluded=excluded)
-    return IngestReport(index, found=len(seen), reused=reused, probed=len(todo), excluded=excluded)
+    decoded_instead.sort(key=lambda x: x["path"])
+    return IngestReport(index, found=len(seen), reused=reused, probed=len(todo), excluded=excluded,
+                        probe=mode.value, decoded_instead=decoded_instead)
 
 
 def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None = None,
                list_file: str | os.PathLike | None = None, split: str | None = None,
                min_frames: int = 1, manifest: str | os.PathLike | None = None, workers: int | None = None,
                progress_total: Callable[[int], None] | None = None,
-               progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Discover, probe and write the manifest (atomically). Raises :class:`IngestError` when the
+               progress: Callable[[int], None] | None = None,
+               probe: ProbeMode | str = ProbeMode.PACKETS) -> IngestReport:
+    """Discover, probe (``probe``: by packets or by decoding) and write the manifest (atomically). Raises :class:`IngestError` when the
     input is unusable as a whole or nothing usable is left; the manifest is written either way
     when at least one video is usable."""
+    mode = ProbeMode.parse(probe)
     root_p = Path(root)
-    if not root_p.exists():
-        raise IngestError(f"data root {root_p} does not exist")
-    if not root_p.is_dir():
-        raise IngestError(f"data root {root_p} is not a folder")
-    if annotations is not None and list_file is not None:
-        raise IngestError("give either --annotations or --list, not both")
-    if annotations is not None:
-        entries = discover_csv(root_p, Path(annotations), split)
-    elif list_file is not None:
-        entries = discover_list(root_p, Path(list_file))
-    else:
-        entries = discover_folder(root_p, split)
-    if not entries:
-        raise IngestError(f"no video files found under {root_p}" + (f" (split {split!r})" if split else ""))
+    entries = discover(root_p, annotations=annotations, list_file=list_file, split=split)
     manifest_p = Path(manifest) if manifest is not None else root_p / MANIFEST_NAME
     previous = None
     if manifest_p.is_file():
@@ -282,7 +318,7 @@ def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None
     if progress_total:
         progress_total(len(entries))
     report = build_index(root_p, entries, min_frames=min_frames, previous=previous, workers=workers,
-                         progress=progress)
+                         progress=progress, probe=mode)
     if len(report.index) == 0:
         raise IngestError(f"no usable video under {root_p}: all {report.found} files were excluded "
                           f"({', '.join(f'{k}: {v}' for k, v in sorted(report.reasons().items()))})")
@@ -304,5 +340,5 @@ def load_data(data: str | os.PathLike) -> DatasetIndex:
     return DatasetIndex.load(p)
 
 
-__all__ = ["Entry", "IngestError", "IngestReport", "MANIFEST_NAME", "build_index", "discover_csv",
+__all__ = ["Entry", "IngestError", "IngestReport", "MANIFEST_NAME", "build_index", "discover", "discover_csv",
            "discover_folder", "discover_list", "index_data", "load_data"]

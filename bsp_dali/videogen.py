@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -28,11 +28,14 @@ INDEX_BITS = 10  # frame indices 0..1023 are encoded in the top half of an index
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
-                codec: str = "h264", gop: int | None = None, bframes: int = 2, crf: int = 18) -> int:
+                codec: str = "h264", gop: int | None = None, bframes: int = 2, crf: int = 18,
+                times: Sequence[float] | None = None) -> int:
     """Encode HWC uint8 RGB frames into ``path``; returns the number of frames written.
 
     ``gop`` is the keyframe interval (default: 10 seconds' worth, like downloaded web video);
     ``bframes`` applies to H.264/HEVC. Width and height must be even for 4:2:0 codecs.
+    ``times`` gives each frame's presentation time in seconds (increasing; millisecond precision),
+    for variable-frame-rate files; by default frame i is shown at i / fps.
     """
     import av
 
@@ -60,10 +63,16 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             stream.codec_context.qmax = 4
         stream.options = opts
         stream.gop_size = int(gop if gop is not None else round(10 * fps))
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         for frame in frames:
             if n == 0:
                 stream.height, stream.width = frame.shape[:2]
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+            if times is not None:
+                if n >= len(times) or (n and round(times[n] * 1000) <= round(times[n - 1] * 1000)):
+                    raise ValueError(f"times must give one increasing time (ms apart) per frame; frame {n} has none")
+                vf.pts, vf.time_base = int(round(times[n] * 1000)), Fraction(1, 1000)
             for packet in stream.encode(vf):
                 container.mux(packet)
             n += 1
