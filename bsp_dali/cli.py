@@ -421,7 +421,8 @@ def extract(
             task = bar.add_task("videos", total=None)
             rep = run_extract(videos, checkpoint, out, fmt=fmt, snippet=snippet, stride=stride, rescale_to=rescale_to,
                               batch_size=batch_size, size=size, device=dev, workers=workers,
-                              trust_checkpoint=trust_checkpoint, progress=lambda k, n, _: bar.update(task, completed=k, total=n))
+                              trust_checkpoint=trust_checkpoint,
+                              progress=lambda k, n, _: bar.update(task, completed=k, total=n))
     except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
         _fail(str(e))
         return
