@@ -85,6 +85,15 @@ OPT_T = typer.Option(None, "--t-range", help="diff_speed change-point range, two
 OPT_STRIDE = typer.Option(None, "--stride", help="Source frame stride d (default 1).")
 OPT_TYPES = typer.Option(None, "--types", help="Enabled boundary types, comma separated (default all four).")
 OPT_PROBS = typer.Option(None, "--probs", help="Type probabilities, one per enabled type, repeatable.")
+# Checkpoints are read weights-only; this is the one way to unpickle a refused file in full.
+OPT_TRUST = typer.Option(False, "--trust-checkpoint",
+                         help="Unpickle in full the checkpoints a weights-only load refuses: this runs any code "
+                              "they hold, so use it only for files you trust.")
+
+
+def _warn_trust() -> None:
+    console.print("[bold yellow]warning:[/] --trust-checkpoint: a checkpoint that a weights-only load refuses "
+                  "will be unpickled in full, which runs any code it holds. Use it only for files you trust.")
 
 
 def _progress(label: str) -> Progress:
@@ -304,10 +313,11 @@ def train_cmd(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much time."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default 500)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.pt when it exists."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="torchvision ImageNet ResNet weights (local .pth)."),
-    tsm_checkpoint: Optional[Path] = typer.Option(None, "--tsm-checkpoint", help="Official TSM checkpoint (local .pth)."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="torchvision ImageNet ResNet weights (local .pth or .safetensors)."),
+    tsm_checkpoint: Optional[Path] = typer.Option(None, "--tsm-checkpoint", help="Official TSM checkpoint (local .pth or .safetensors)."),
     teacher_vanilla: Optional[Path] = typer.Option(None, "--teacher-vanilla", help="distill: vanilla encoder checkpoint."),
     teacher_bsp: Optional[Path] = typer.Option(None, "--teacher-bsp", help="distill: BSP encoder checkpoint."),
+    trust_checkpoint: bool = OPT_TRUST,
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="Decode threads per process."),
@@ -322,6 +332,7 @@ def train_cmd(
     Defaults follow TSM and the BSP paper (docs/training.md). A JSON --config may hold a "train"
     section (these option names, with underscores) and a "synthesis" section; options override it.
     Killing a run loses at most the steps since the last checkpoint; run it again to resume.
+    Every checkpoint is read weights-only (no code runs); see --trust-checkpoint.
     """
     import logging
 
@@ -338,6 +349,10 @@ def train_cmd(
                 base = dict(json.loads(config.read_text()).get("train", {}))
             except json.JSONDecodeError as e:
                 raise UserError(f"config file {config} is not valid JSON: {e}") from None
+            if "trust_checkpoint" in base:
+                raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
+        if trust_checkpoint:
+            _warn_trust()
         synth = _synthesis_config(config, tau, eps, gamma, t_range, stride, types, probs)
         overrides = dict(data=str(data), out=str(out), task=task, arch=arch, gpus=gpus, nproc=nproc, nnodes=nnodes,
                          node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, epochs=epochs, batch_size=batch_size,
@@ -347,6 +362,7 @@ def train_cmd(
                          tsm_checkpoint=str(tsm_checkpoint) if tsm_checkpoint else None,
                          teacher_vanilla=str(teacher_vanilla) if teacher_vanilla else None,
                          teacher_bsp=str(teacher_bsp) if teacher_bsp else None, compile=compile_model or None,
+                         trust_checkpoint=trust_checkpoint or None,
                          seed=seed, threads=threads, deterministic=deterministic or None)
         base.update({k: v for k, v in overrides.items() if v is not None})
         base["synthesis"] = synth
@@ -465,6 +481,7 @@ def extract(
     size: Optional[int] = typer.Option(None, "--size", help="Centre-crop size (default: the training size)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Probe processes."),
+    trust_checkpoint: bool = OPT_TRUST,
 ) -> None:
     """Snippet features of untrimmed videos for temporal localization (G-TAD, BSN, 2D-TAN, LGI).
 
@@ -483,10 +500,13 @@ def extract(
         dev = _device(device)
         if batch_size < 1:
             raise UserError(f"--batch-size ({batch_size}) must be >= 1")
+        if trust_checkpoint:
+            _warn_trust()
         with _progress("extracting") as bar:
             task = bar.add_task("videos", total=None)
             rep = run_extract(videos, checkpoint, out, fmt=fmt, snippet=snippet, stride=stride, rescale_to=rescale_to,
                               batch_size=batch_size, size=size, device=dev, workers=workers,
+                              trust_checkpoint=trust_checkpoint,
                               progress=lambda k, n, _: bar.update(task, completed=k, total=n))
     except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
         _fail(str(e))
@@ -512,6 +532,7 @@ def inspect_cmd(
     size: Optional[int] = typer.Option(None, "--size", help="Frame size (default: the checkpoint's training size)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    trust_checkpoint: bool = OPT_TRUST,
 ) -> None:
     """The paper's Fig. 4: distributions of feature differences of snippet pairs with and without a
     boundary, and a separability score (ROC AUC) per encoder."""
@@ -529,13 +550,15 @@ def inspect_cmd(
         if split not in ("val", "all"):
             raise UserError(f"--split must be val or all, got {split!r}")
         dev = _device(device)
+        if trust_checkpoint and checkpoint:
+            _warn_trust()
         index = load_data(data)
         encs = []
         cfg0 = None
         for spec in checkpoint:
             name, _, path = spec.rpartition("=")
             name = name or Path(path).parent.parent.name or Path(path).stem
-            state = load_bsp_checkpoint(path)
+            state = load_bsp_checkpoint(path, trust=trust_checkpoint)
             cfg0 = cfg0 or state["config"]
             encs.append((name, encoder_from_bsp_checkpoint(state)))
         if untrained:

@@ -106,20 +106,22 @@ def video_id(path: str) -> str:
     return Path(path).name.rsplit(".", 1)[0]
 
 
-def load_encoders(checkpoints: Sequence[str | os.PathLike], device: Any) -> tuple[list[Any], dict[str, Any]]:
-    """The encoders of the checkpoints, and the first checkpoint's training config."""
+def load_encoders(checkpoints: Sequence[str | os.PathLike], device: Any, *,
+                  trust: bool = False) -> tuple[list[Any], dict[str, Any]]:
+    """The encoders of the checkpoints (read weights-only unless ``trust``: see
+    :func:`bsp_models.read_checkpoint`), and the first checkpoint's training config."""
     from bsp_models import encoder_from_bsp_checkpoint, load_bsp_checkpoint
 
     if not checkpoints:
         raise ValueError("give at least one --checkpoint")
-    states = [load_bsp_checkpoint(c) for c in checkpoints]  # each file is read once
+    states = [load_bsp_checkpoint(c, trust=trust) for c in checkpoints]  # each file is read once
     return [encoder_from_bsp_checkpoint(s).to(device).eval() for s in states], states[0]["config"]
 
 
 def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             fmt: str = "hdf5", snippet: int | None = None, stride: int | None = None, rescale_to: int = 100,
             batch_size: int = 64, size: int | None = None, device: str = "auto", workers: int | None = None,
-            threads: int | None = None,
+            threads: int | None = None, trust_checkpoint: bool = False,
             progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
     """Write snippet features of every video of ``source`` (see the module docstring)."""
     import time
@@ -135,7 +137,7 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
         raise ValueError(f"rescale ({rescale_to}) must be >= 2")
     dev = resolve_device(device)
     tdev = torch.device("cuda" if dev == "gpu" else "cpu")
-    encoders, train_config = load_encoders(checkpoints, tdev)
+    encoders, train_config = load_encoders(checkpoints, tdev, trust=trust_checkpoint)
     frames_per = {e.config.num_frames for e in encoders}
     if len(frames_per) != 1:
         raise ValueError(f"the checkpoints were trained on different clip lengths {sorted(frames_per)}")

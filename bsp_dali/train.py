@@ -36,7 +36,8 @@ from .index import DatasetIndex
 log = logging.getLogger(__name__)
 
 TASKS = ("bsp", "action", "regression", "two-head", "distill")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: RNG states as plain values, which a weights-only load reads
+READABLE_CHECKPOINT_VERSIONS = (1, 2)  # 1: NumPy's RNG state as an array (read through an allow-list)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
     tsm_checkpoint: str | None = None  # official TSM checkpoint (local file)
     teacher_vanilla: str | None = None  # distill: bsp-dali checkpoints of the frozen teachers
     teacher_bsp: str | None = None
+    trust_checkpoint: bool = False  # unpickle in full the checkpoints a weights-only load refuses
     deterministic: bool = False
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
@@ -155,6 +157,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     nproc, _ = processes_per_node(cfg)
     if under_launcher or (nproc == 1 and cfg.nnodes == 1):
         return run_worker(cfg.to_dict())
+    if not cfg.trust_checkpoint:
+        check_checkpoints(cfg)  # a refused file: one error here, not a failure in every worker
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     host, _, port = cfg.rdzv_endpoint.rpartition(":")
@@ -164,6 +168,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("launching %d process(es) per node on %d node(s), rendezvous %s:%s", nproc, cfg.nnodes, host, port)
     results = elastic_launch(launch, run_worker)(cfg.to_dict())
     return results.get(0, {}) if isinstance(results, dict) else {}
+
+
+def check_checkpoints(cfg: TrainConfig) -> None:
+    """Read every checkpoint the run will read (weights-only), raising CheckpointError for the
+    first one that is missing, unreadable or refused."""
+    from bsp_models import load_bsp_checkpoint, read_checkpoint
+
+    for path in (cfg.pretrained, cfg.tsm_checkpoint):
+        if path:
+            read_checkpoint(path)
+    last = Path(cfg.out) / "checkpoints" / "last.pt"
+    for path in (cfg.teacher_vanilla, cfg.teacher_bsp, last if cfg.resume and last.is_file() else None):
+        if path:
+            load_bsp_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------- the worker
@@ -256,7 +274,7 @@ def build_model(cfg: TrainConfig, num_actions: int) -> Any:
     T = cfg.synthesis.T
     enc = create_encoder(cfg.arch, T)
     if cfg.pretrained:
-        load_imagenet_resnet(enc, cfg.pretrained)
+        load_imagenet_resnet(enc, cfg.pretrained, trust=cfg.trust_checkpoint)
     if cfg.task == "bsp":
         model = ClipClassifier(enc, cfg.synthesis.num_classes, cfg.dropout)
     elif cfg.task == "action":
@@ -266,11 +284,11 @@ def build_model(cfg: TrainConfig, num_actions: int) -> Any:
     elif cfg.task == "two-head":
         model = TwoHead(enc, num_actions, cfg.synthesis.num_classes, cfg.dropout)
     else:
-        model = Distill(enc, encoder_from_bsp_checkpoint(cfg.teacher_vanilla),
-                        encoder_from_bsp_checkpoint(cfg.teacher_bsp), num_actions)
+        model = Distill(enc, encoder_from_bsp_checkpoint(cfg.teacher_vanilla, trust=cfg.trust_checkpoint),
+                        encoder_from_bsp_checkpoint(cfg.teacher_bsp, trust=cfg.trust_checkpoint), num_actions)
     if cfg.tsm_checkpoint:
         load_tsm_checkpoint(model if hasattr(model, "encoder") else enc, cfg.tsm_checkpoint,
-                            load_fc=cfg.task == "action")
+                            load_fc=cfg.task == "action", trust=cfg.trust_checkpoint)
     return model
 
 
@@ -278,7 +296,7 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """One training process (rank). Called directly, by the elastic launcher, or under torchrun."""
     import torch
     import torch.distributed as dist
-    from bsp_models import classification_loss, distill_loss, regression_loss, two_head_loss
+    from bsp_models import classification_loss, distill_loss, load_bsp_checkpoint, regression_loss, two_head_loss
 
     from .ingest import load_data
     from .iterator import BSPIterator
@@ -342,9 +360,13 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     last = ckpt_dir / "last.pt"
     # rank 0 decides, so that all ranks start at the same step (every rank must then read the file)
     if cfg.resume and gather_objects(last.is_file(), world)[0]:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{last} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        state = load_bsp_checkpoint(last, trust=cfg.trust_checkpoint)  # weights-only
+        if state.get("version") not in READABLE_CHECKPOINT_VERSIONS:
+            raise ValueError(f"{last} has checkpoint version {state.get('version')}, expected one of "
+                             f"{list(READABLE_CHECKPOINT_VERSIONS)}")
+        if state["version"] != CHECKPOINT_VERSION and is_main:
+            log.info("%s is a version %d checkpoint: read through an allow-list of NumPy's array pieces; "
+                     "the next checkpoint is written as version %d", last, state["version"], CHECKPOINT_VERSION)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -582,9 +604,14 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's RNG states as plain values (tuples of ints, lists, a float, uint8 tensors),
+    which a weights-only load reads; :func:`restore_rng` restores them exactly."""
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy_state = {"kind": str(kind), "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                   "gauss": float(gauss)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -594,7 +621,11 @@ def restore_rng(state: dict[str, Any]) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):  # version 2; version 1 holds get_state()'s tuple itself
+        numpy_state = (numpy_state["kind"], np.asarray(numpy_state["key"], dtype=np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -62,7 +62,7 @@ def kill_after_checkpoint(args, out, step, group):
     last = out / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=False)["step"] >= step:
+        if last.is_file() and torch.load(last, weights_only=True)["step"] >= step:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -89,7 +89,7 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     assert summary["step"] == 8 and summary["epoch"] == 1  # 2 epochs of 8 clips / batch 2
     assert 0.0 <= summary["validation"]["val_accuracy"] <= 1.0 and summary["validation"]["val_clips"] == 8
     assert len(summary["validation"]["confusion"]) == 4
-    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 8 and ckpt["config"]["model"]["arch"] == "resnet18"
     assert {"model", "optimizer", "scheduler", "rng", "loaders"} <= set(ckpt) and ckpt["loaders"][0]["bsp"]["batch"] == 4
     assert (out / "checkpoints" / "epoch-000.pt").is_file() and (out / "checkpoints" / "epoch-001.pt").is_file()
@@ -108,13 +108,37 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, bsp_run, data, cfg_fil
     out = tmp_path / "killed"
     args = train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic")
     last = kill_after_checkpoint(args, out, step=2, group=False)
-    killed_at = torch.load(last, weights_only=False)["step"]
+    killed_at = torch.load(last, weights_only=True)["step"]
     assert 2 <= killed_at < 8
     res = run(args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 8 and summary["weight_fingerprints"][0] == ref
+
+
+def test_resume_from_a_version_1_checkpoint_reaches_the_same_weights(tmp_path, bsp_run, data, cfg_file):
+    """Checkpoints written before weights-only loading (NumPy's RNG state pickled as an array) still
+    resume, bit-identically: the end of epoch 0 of the reference run, rewritten in version 1."""
+    import numpy as np
+
+    ref_out, _ = bsp_run
+    ref = json.loads((ref_out / "summary.json").read_text())["weight_fingerprints"][0]
+    state = torch.load(ref_out / "checkpoints" / "epoch-000.pt", weights_only=True)
+    assert state["version"] == 2 and state["step"] == 4
+    for r in state["rng"]:
+        n = r["numpy"]
+        r["numpy"] = (n["kind"], np.array(n["key"], np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    state["version"] = 1
+    out = tmp_path / "v1"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(state, out / "checkpoints" / "last.pt")
+    res = run(train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "is a version 1 checkpoint" in res.stderr and "resumed from" in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 8 and summary["weight_fingerprints"][0] == ref
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["version"] == 2
 
 
 def test_two_cpu_processes_over_gloo_agree_on_the_weights(tmp_path, data, cfg_file):
@@ -144,8 +168,8 @@ def test_distillation_from_two_teachers(tmp_path, bsp_run, data, cfg_file):
     res = run(train_args(data, tmp_path / "d", cfg_file, "--task", "distill", "--teacher-vanilla",
                          str(teacher), "--teacher-bsp", str(teacher), "--max-steps", "2", "--epochs", "1"))
     assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "d" / "checkpoints" / "last.pt", weights_only=False)
-    teacher_w = torch.load(teacher, weights_only=False)["model"]["encoder.base_model.conv1.weight"]
+    ckpt = torch.load(tmp_path / "d" / "checkpoints" / "last.pt", weights_only=True)
+    teacher_w = torch.load(teacher, weights_only=True)["model"]["encoder.base_model.conv1.weight"]
     assert torch.equal(ckpt["model"]["teachers.bsp.base_model.conv1.weight"], teacher_w)
 
 
@@ -173,7 +197,7 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
     ref = json.loads((ref_out / "summary.json").read_text())
     out = tmp_path / "killed"
     last = kill_after_checkpoint(train_args(data, out, cfg_file, *extra), out, step=2, group=True)
-    assert torch.load(last, weights_only=False)["step"] < ref["step"]
+    assert torch.load(last, weights_only=True)["step"] < ref["step"]
     res = run(train_args(data, out, cfg_file, *extra))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
