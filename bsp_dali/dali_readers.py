@@ -62,7 +62,7 @@ class DaliReaderKind(ChoiceEnum):
 
     @classmethod
     def what(cls) -> str:
-        return "DALI reader"
+        return "dali_reader"
 
 
 class _ChunkFailed(Exception):
