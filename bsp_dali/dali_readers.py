@@ -92,6 +92,20 @@ def pipeline_batch(n: int, max_batch: int = MAX_PIPELINE_BATCH) -> int:
     return -(-n // runs)
 
 
+def reader_arguments(kind: DaliReaderKind, device: str, list_path: str, length: int) -> dict[str, Any]:
+    """The arguments of the reader operator: windows of ``length`` frames, one per list line, in
+    list order (no shuffle), with the frame numbers of every output frame."""
+    common = dict(device=device, file_list=list_path, sequence_length=length, random_shuffle=False,
+                  enable_frame_num="sequence", name="reader")
+    if kind is DaliReaderKind.LEGACY:  # fn.readers.video: end frame exclusive with frame numbers
+        return dict(common, file_list_frame_num=True, pad_sequences=False, skip_vfr_check=True)
+    return dict(common, file_list_format="frames", file_list_include_end=False, pad_mode="none")
+
+
+# DALI's schema names of the two readers (the tests check every argument above against them)
+READER_SCHEMAS = {DaliReaderKind.LEGACY: "readers__Video", DaliReaderKind.EXPERIMENTAL: "experimental__readers__Video"}
+
+
 def file_list_lines(index: DatasetIndex, units: Sequence[DecodeUnit], length: int, batch: int) -> list[str]:
     """The ``file_list`` of a chunk: one ``path label start stop`` line per unit in order (the label
     is the line number), padded with copies of the last unit to a multiple of ``batch``."""
@@ -139,18 +153,12 @@ class DaliFileListReader:
 
         kind, device, L, size = self.kind, self.device, self.length, self.size
 
+        args = reader_arguments(kind, device, list_path, L)
+        reader = fn.readers.video if kind is DaliReaderKind.LEGACY else fn.experimental.readers.video
+
         @dali.pipeline_def
         def windows_pipe():  # pragma: no cover - traced by DALI
-            if kind is DaliReaderKind.LEGACY:
-                video, label, fnum = fn.readers.video(
-                    device="gpu", file_list=list_path, file_list_frame_num=True, sequence_length=L,
-                    random_shuffle=False, enable_frame_num="sequence", pad_sequences=False, skip_vfr_check=True,
-                    name="reader")
-            else:
-                video, label, fnum = fn.experimental.readers.video(
-                    device=device, file_list=list_path, file_list_format="frames", file_list_include_end=False,
-                    sequence_length=L, random_shuffle=False, enable_frame_num="sequence", pad_mode="none",
-                    name="reader")
+            video, label, fnum = reader(**args)
             roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
             roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
             flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)

@@ -242,3 +242,21 @@ def test_bad_stage_options_are_named(indexed_vp9):
         dali_stage(indexed_vp9, pipelines=0)
     with pytest.raises(ValueError, match="ahead"):
         dali_stage(indexed_vp9, ahead=0)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "experimental"])
+def test_reader_arguments_exist_in_dalis_schemas(kind):
+    """The GPU-only legacy reader cannot run here: its arguments are checked against DALI's schema."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import backend
+
+    from bsp_dali.dali_readers import READER_SCHEMAS, DaliReaderKind, reader_arguments
+
+    k = DaliReaderKind.parse(kind)
+    schema = backend.GetSchema(READER_SCHEMAS[k])
+    args = reader_arguments(k, "gpu", "/tmp/list.txt", 8)
+    assert "gpu" in schema.GetSupportedBackends() or k is DaliReaderKind.EXPERIMENTAL
+    for name in args:
+        if name not in ("device", "name"):  # operator-generic arguments
+            assert schema.HasArgument(name), (kind, name)
+    assert not schema.HasArgument("no_such_argument")
