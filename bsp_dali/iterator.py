@@ -184,15 +184,25 @@ class BSPIterator:
         return self.stage.failures
 
     # ------------------------------------------------------------------ epoch bookkeeping
+    def _owned(self, rank: int) -> int:
+        """Samples of the epoch that belong to ``rank``: ranks take whole groups of ``share``
+        samples in turn (groups ``rank, rank + world, ...``), so a group's shared windows stay on
+        one rank; with ``share=1`` these are the samples ``rank, rank + world, ...``."""
+        E, W, k = self.epoch_size, self.world, self.share
+        groups, rem = divmod(E, k)
+        n = max(0, (groups - rank + W - 1) // W) * k
+        if rem and groups % W == rank:
+            n += rem
+        return n
+
     def _shard_count(self) -> int:
         """Samples of this shard per epoch. DROP and FILL give every rank the same count (and so the
         same number of batches, as DDP needs); PARTIAL gives each rank exactly its own samples."""
-        E, W, r = self.epoch_size, self.world, self.rank
         if self.policy is LastBatchPolicy.DROP:
-            return E // W
+            return min(self._owned(r) for r in range(self.world))
         if self.policy is LastBatchPolicy.FILL:
-            return -(-E // W)
-        return (E - r + W - 1) // W
+            return max(self._owned(r) for r in range(self.world))
+        return self._owned(self.rank)
 
     def __len__(self) -> int:
         n, B = self._shard_count(), self.batch_size
@@ -200,13 +210,13 @@ class BSPIterator:
 
     def batch_indices(self, batch: int) -> list[int]:
         """Sample indices of this shard's ``batch``-th batch of an epoch."""
-        n, B = self._shard_count(), self.batch_size
+        n, B, k = self._shard_count(), self.batch_size, self.share
         local = list(range(batch * B, min((batch + 1) * B, n)))
         if self.policy is LastBatchPolicy.FILL:
             local += list(range(B - len(local)))  # complete the last batch from the shard's start
-            own = (self.epoch_size - self.rank + self.world - 1) // self.world  # this rank's real samples
-            local = [k % own for k in local]
-        return [self.rank + k * self.world for k in local]
+            own = self._owned(self.rank)  # this rank's real samples
+            local = [j % own for j in local]
+        return [(self.rank + (j // k) * self.world) * k + j % k for j in local]
 
     def plan(self, sample_index: int, epoch: int) -> SamplePlan:
         """The plan of a sample, replaced deterministically if it used a banned video."""

@@ -164,3 +164,27 @@ def test_iterator_with_share_yields_the_plans_of_its_planner():
     state = it.state_dict()
     with pytest.raises(ValueError, match="share"):
         BSPIterator(index, batch_size=4, epoch_size=8, device="cpu").load_state_dict(state)
+
+
+@pytest.mark.parametrize("policy", ["drop", "partial", "fill"])
+@pytest.mark.parametrize("share, world, epoch", [(1, 3, 10), (3, 2, 20), (4, 3, 26), (2, 2, 9)])
+def test_ranks_take_whole_groups_disjoint_and_covering(policy, share, world, epoch):
+    from bsp_dali.demo import demo_index
+    from bsp_dali.iterator import BSPIterator
+
+    index = demo_index(size=(16, 16))
+    seen = []
+    for r in range(world):
+        it = BSPIterator(index, batch_size=2, epoch_size=epoch, shard=(r, world), share=share, device="cpu",
+                         last_batch_policy=policy)
+        idx = [i for b in range(len(it)) for i in it.batch_indices(b)]
+        assert all(0 <= i < epoch for i in idx)
+        assert all((i // share) % world == r for i in idx)  # whole groups per rank
+        seen.append(idx)
+    flat = [i for s in seen for i in s]
+    if policy == "partial":
+        assert sorted(flat) == list(range(epoch))
+    elif policy == "drop":
+        assert len(set(flat)) == len(flat) and len({len(s) for s in seen}) == 1
+    else:
+        assert set(flat) == set(range(epoch)) and len({len(s) for s in seen}) == 1
