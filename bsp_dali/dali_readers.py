@@ -220,7 +220,9 @@ class DaliFileListReader:
         if self.device == "gpu":
             import cupy as cp
 
-            return cp.array(video[i], copy=True)
+            from .pipeline import device_array
+
+            return device_array(cp, video[i]).copy()
         return np.array(video[i])
 
     # ------------------------------------------------------------------ the reader interface

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -102,8 +103,8 @@ class ReaderPool:
         self.size, self.device, self.device_id = int(size), device, int(device_id)
         self._make = make_reader
         self._idle: queue.Queue = queue.Queue()
-        self._made = 0
         self.readers: list[Any] = []
+        self._local = threading.local()  # each worker thread's CUDA stream
         self._exec = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="bsp-pipeline")
 
     def _reader(self) -> Any:
@@ -123,7 +124,9 @@ class ReaderPool:
             import cupy as cp
 
             with cp.cuda.Device(self.device_id):
-                stream = cp.cuda.Stream(non_blocking=True)
+                stream = getattr(self._local, "stream", None)
+                if stream is None:
+                    stream = self._local.stream = cp.cuda.Stream(non_blocking=True)
                 with stream:
                     out = reader.read_windows(units)
                 stream.synchronize()  # the consumer's stream may read them at once

@@ -79,6 +79,11 @@ class BatchWindows:
         """Frames the readers return for this batch (before any keyframe overhead)."""
         return sum(u.length for u in self.units)
 
+    def decode_cost(self, num_frames_to_decode: Callable[[DecodeUnit], int]) -> int:
+        """Frames a seeking decoder decodes for the batch, keyframe overhead included, given the
+        cost of one unit (``lambda u: index.videos[u.video].frames_to_decode(u.start, u.stop - 1)``)."""
+        return sum(num_frames_to_decode(u) for u in self.units)
+
     def tables(self, plans: Sequence[SamplePlan], K: int = TERMS_PER_FRAME) -> RecipeTables:
         """Recipe tables that read the units: source id = unit id, frame position = frame - start.
         Several samples (and slots) may name one unit."""

@@ -130,6 +130,18 @@ def test_every_slot_is_covered_and_units_are_unique(spans, L):
         assert u.stop <= index.num_frames[u.video] and u.flip == p.flip
 
 
+def test_decode_cost_counts_from_the_keyframe_before_each_window():
+    from bsp_dali.index import VideoInfo
+
+    index = DatasetIndex([VideoInfo("a.mp4", 0, 100, keyframes=((0, 0), (40, 4000))),
+                          VideoInfo("b.mp4", 0, 100)], ["c"])
+    plans = [plain_plan(index, 0, [45, 46]), plain_plan(index, 0, [10, 11], sample_index=1),
+             plain_plan(index, 1, [60, 61], sample_index=2)]
+    bw = plan_windows(plans, index.num_frames)
+    cost = bw.decode_cost(lambda u: index.videos[u.video].frames_to_decode(u.start, u.stop - 1))
+    assert bw.decoded_frames == 6 and cost == (47 - 40) + (12 - 0) + (62 - 0)
+
+
 def test_unit_and_table_arguments_are_checked():
     with pytest.raises(ValueError, match="length"):
         DecodeUnit(0, 0, 0, (0, 0, 1, 1), False)
