@@ -106,10 +106,12 @@ def dali_installed() -> bool:
 
 class DecodeStage:
     """See the module docstring. ``mode`` is ``"bsp"`` (synthesized plans) or ``"action"``;
-    ``reader`` replaces the CPU frame reader (tests pass stand-ins)."""
+    ``reader`` replaces the CPU frame reader (tests pass stand-ins); ``cpu_reader`` replaces the
+    whole CPU route (any :class:`~bsp_dali.readers.WindowReader`, e.g. worker processes writing
+    into shared memory)."""
 
     def __init__(self, index: DatasetIndex, planner: Planner, options: StageOptions, mode: str = "bsp",
-                 reader: FrameReader | None = None):
+                 reader: FrameReader | None = None, cpu_reader: WindowReader | None = None):
         if options.device not in ("cpu", "gpu"):
             raise ValueError(f"device ({options.device!r}) must be 'cpu' or 'gpu'")
         if mode not in ("bsp", "action"):
@@ -128,7 +130,7 @@ class DecodeStage:
         if options.pipelines is not None and options.pipelines < 1:
             raise ValueError(f"pipelines ({options.pipelines}) must be >= 1")
         self.ahead = int(options.ahead or (2 if self.device == "gpu" else 1))
-        self.cpu_reader: WindowReader = CPUWindowReader(
+        self.cpu_reader: WindowReader = cpu_reader or CPUWindowReader(
             index, reader or select_reader(index), self.size, self.threads,
             "procedural demo frames" if self.decoder == "demo" else "PyAV (CPU)")
         self._variable: DaliFramesReader | None = None
@@ -211,8 +213,10 @@ class DecodeStage:
         return self.device == "gpu" or (self.index.videos[video].codec or "") in DALI_CPU_CODECS
 
     def fixed_for(self, video: int) -> bool:
-        """Whether the video's units go to a fixed-length file-list reader."""
-        return self._dali_decodes(video) and self.dali_reader is not DaliReaderKind.DECODER
+        """Whether the video's units go to a fixed-length file-list reader (DALI's file lists are
+        split on white space, so a path with a space goes to the per-source decoder instead)."""
+        return (self._dali_decodes(video) and self.dali_reader is not DaliReaderKind.DECODER
+                and not any(c.isspace() for c in self.index.resolve(self.index.videos[video].path)))
 
     def windows(self, plans: Sequence[SamplePlan]) -> BatchWindows:
         return plan_windows(plans, self.index.num_frames, self.length, self.fixed_for)
@@ -228,8 +232,9 @@ class DecodeStage:
         return "fixed" if self.is_fixed(unit) else "variable"
 
     def _make_fixed(self) -> DaliFileListReader:
+        threads = max(2, self.threads // max(1, self.pipelines))  # the pipelines share the cores
         return DaliFileListReader(self.index, self.dali_reader, self.device, self.length, self.size,
-                                  num_threads=self.threads, device_id=self.options.device_id)
+                                  num_threads=threads, device_id=self.options.device_id)
 
     def _reader_for(self, route: str) -> Any:
         if route == "cpu":

@@ -260,3 +260,16 @@ def test_reader_arguments_exist_in_dalis_schemas(kind):
         if name not in ("device", "name"):  # operator-generic arguments
             assert schema.HasArgument(name), (kind, name)
     assert not schema.HasArgument("no_such_argument")
+
+
+def test_a_path_with_a_space_goes_to_the_per_source_decoder(tmp_path, kinetics_vp9):
+    pytest.importorskip("nvidia.dali")
+    root = tmp_path / "with space"
+    shutil.copytree(kinetics_vp9, root, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
+    index = index_data(root, min_frames=8, workers=1).index
+    stage = dali_stage(index, SynthesisConfig(types=("same_speed",)))
+    batch = stage.decode(0, [0, 1])
+    assert {stage.route(u) for u in batch.windows.units} == {"variable"}
+    for u, s in zip(batch.windows.units, batch.stacks):
+        assert s.shape[0] == u.length
+    stage.close()
