@@ -150,7 +150,7 @@ class BSPIterator:
         self.stage = DecodeStage(index, self.planner, StageOptions(
             size=self.spatial.size, device=self.device, decoder=decoder, dali_reader=dali_reader,
             num_threads=num_threads, device_id=self.device_id, pipelines=pipelines, ahead=decode_ahead,
-            max_bad_videos=int(max_bad_videos), share=self.share), mode=mode, reader=reader)
+            max_bad_videos=int(max_bad_videos)), mode=mode, reader=reader)
         self.decoder = self.stage.decoder
         self.num_threads = self.stage.threads
         self.max_bad_videos = self.stage.max_bad_videos

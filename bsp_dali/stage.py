@@ -81,7 +81,7 @@ class StageOptions:
     ``legacy``, ``experimental`` or ``decoder`` (``fn.decoders.video`` per source, the old path);
     ``pipelines``: file-list pipelines at once (default: NVDEC engines on the GPU, 1 on the CPU);
     ``ahead``: batches planned per chunk of a file-list pipeline (default 2 on the GPU, 1 on the
-    CPU); ``share``: the planner's group size (only widens the fixed window by one frame here)."""
+    CPU). The fixed window length follows the planner (its config and ``share``)."""
 
     size: tuple[int, int]
     device: str = "cpu"
@@ -92,7 +92,6 @@ class StageOptions:
     pipelines: int | None = None
     ahead: int | None = None
     max_bad_videos: int = MAX_BAD_VIDEOS
-    share: int = 1
 
 
 def dali_installed() -> bool:
@@ -124,7 +123,7 @@ class DecodeStage:
         self.banned: dict[int, str] = {}  # video position -> reason
         self.decoder = self._pick_decoder(options.decoder)
         self.dali_reader = self._pick_dali_reader(options.dali_reader)
-        self.length = fixed_window_length(planner.config, max(1, int(options.share)))
+        self.length = fixed_window_length(planner.config, planner.share)
         if options.ahead is not None and options.ahead < 1:
             raise ValueError(f"ahead ({options.ahead}) must be >= 1")
         if options.pipelines is not None and options.pipelines < 1:
@@ -255,7 +254,15 @@ class DecodeStage:
         for k, u in enumerate(units):
             by_route.setdefault(self.route(u), []).append(k)
         for route, ks in by_route.items():
-            for k, r in zip(ks, self._reader_for(route).read_windows([units[k] for k in ks])):
+            reader = self._reader_for(route)
+            if self.device == "gpu" and route != "cpu":
+                import cupy as cp
+
+                with cp.cuda.Device(self.options.device_id):  # copies land on the reader's device
+                    results = reader.read_windows([units[k] for k in ks])
+            else:
+                results = reader.read_windows([units[k] for k in ks])
+            for k, r in zip(ks, results):
                 out[k] = r
         return out
 
