@@ -91,9 +91,9 @@ def test_stream_yields_the_batches_in_order():
 
 
 # ---------------------------------------------------------------------------------- DALI on VP9
-def dali_stage(index, synthesis=None, size=(32, 48), **opts):
+def dali_stage(index, synthesis=None, size=(32, 48), spatial_mode="train", **opts):
     pytest.importorskip("nvidia.dali")
-    planner = Planner(index, synthesis or SynthesisConfig(), seed=2, spatial=SpatialConfig(size=size))
+    planner = Planner(index, synthesis or SynthesisConfig(), seed=2, spatial=SpatialConfig(size=size, mode=spatial_mode))
     opts.setdefault("num_threads", 2)
     return DecodeStage(index, planner, StageOptions(size=size, device="cpu", decoder="dali", **opts))
 
@@ -272,4 +272,30 @@ def test_a_path_with_a_space_goes_to_the_per_source_decoder(tmp_path, kinetics_v
     assert {stage.route(u) for u in batch.windows.units} == {"variable"}
     for u, s in zip(batch.windows.units, batch.stacks):
         assert s.shape[0] == u.length
+    stage.close()
+
+
+def test_videos_shorter_than_the_fixed_length_are_decoded_not_excluded(indexed_vp9):
+    """Policy: a video shorter than L gets variable-length units from fn.decoders.video."""
+    import dataclasses
+
+    from bsp_dali.index import DatasetIndex
+
+    # the index says video 2 has 12 frames (the file has more: its first 12 are real frames)
+    videos = [dataclasses.replace(v, num_frames=12) if k == 2 else v for k, v in enumerate(indexed_vp9.videos)]
+    index = DatasetIndex(videos, indexed_vp9.classes, root=indexed_vp9.root)
+    stage = dali_stage(index, SynthesisConfig(types=("same_speed",)), size=(64, 96))
+    assert stage.length == 8  # same_speed only: T = 8 frames
+    stage = dali_stage(index, SynthesisConfig(types=("same_speed", "diff_speed")), size=(64, 96),
+                       spatial_mode="resize")  # whole frames: their index bands stay readable
+    assert stage.length == 14 > index.videos[2].num_frames
+    seen = set()
+    for b in range(6):
+        batch = stage.decode(0, list(range(b * 4, b * 4 + 4)))
+        for u, s in zip(batch.windows.units, batch.stacks):
+            route = stage.route(u)
+            assert route == ("variable" if u.video == 2 else "fixed")
+            seen.add(route)
+            assert [read_frame_index(f[:, ::-1] if u.flip else f) for f in s] == list(u.frames)
+    assert seen == {"variable", "fixed"}
     stage.close()
