@@ -3,15 +3,26 @@
 # correctness and performance issues). Runs from the source tree with PYTHONPATH, no install.
 # Expects DALI and PyAV unpacked under /tmp/site (../shared/device/stage-dali), plus wheels of
 # what that machine lacks (torchvision, pillow) installed into /tmp/site. Writes logs under $OUT.
-#   usage: OUT=/some/dir bash benchmarks/gpu_check.sh [quick]
+# PyNvVideoCodec (a reference row of the probe) comes from stage-dali's third call.
+#   usage: OUT=/some/dir bash benchmarks/gpu_check.sh [quick|decode]
+#   "decode" runs only the decode stage's GPU tests and benchmarks/nvdec_probe.py (about 4 minutes).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 py=python3
 { nvidia-smi; $py -c "import torch, cupy, nvidia.dali as d; print('torch', torch.__version__, 'cupy', cupy.__version__, 'dali', d.__version__)"; } > "$OUT/machine.txt" 2>&1
-# 1. GPU-marked tests (CuPy kernel bit-exact vs reference; NVDEC iterator vs CPU path)
-$py -m pytest -q -m gpu tests/test_kernel_gpu.py tests/test_gpu_pipeline.py 2>&1 | tee "$OUT/gpu-tests.log"
+# 1. GPU-marked tests (CuPy kernel bit-exact vs reference; NVDEC iterator vs CPU path; the decode
+#    stage's file-list readers on NVDEC frame by frame, 7 pipelines = 1, broken files, preview pixels)
+if [ "${1:-}" = decode ]; then
+  $py -m pytest -q -m gpu tests/test_gpu_readers.py tests/test_gpu_pipeline.py 2>&1 | tee "$OUT/gpu-tests.log"
+  $py benchmarks/nvdec_probe.py --out "$OUT" --tag gpu 2>&1 | tee "$OUT/probe.log"
+  exit 0
+fi
+$py -m pytest -q -m gpu tests/test_kernel_gpu.py tests/test_gpu_pipeline.py tests/test_gpu_readers.py 2>&1 | tee "$OUT/gpu-tests.log"
+# 1b. the decode tables of GPU-FINDINGS (decoders.video vs the readers, 1/4/7 pipelines, threads vs
+#     processes, GOP 250 vs 16, NVDEC utilization), under 3 minutes
+$py benchmarks/nvdec_probe.py --out "$OUT" --tag gpu 2>&1 | tee "$OUT/probe.log"
 # 2. preview on generated H.264 data, GPU and CPU on the same plan
 $py - <<'PY' 2>&1 | tee "$OUT/preview.log"
 import json, numpy as np, subprocess, sys, os

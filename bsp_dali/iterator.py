@@ -16,9 +16,13 @@ Sample ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``; shards (from
 they are disjoint and together cover the epoch; ``state_dict()`` resumes mid-epoch with identical
 samples. ``mode="action"`` yields plain clips labelled with their action class (the vanilla stream).
 
-A video that decodes during indexing but fails here is banned: the samples that used it are
-replaced by deterministic replacement draws, the failure is counted (``failures``), and training
-goes on. More than ``max_bad_videos`` such files end in :class:`DecodeFailures` naming them.
+Decoding is the decode stage's (``bsp_dali.stage``): it plans the windows to decode, routes them to
+readers (DALI file-list readers on every NVDEC engine on the GPU; DALI's CPU reader for VP8/VP9/MJPEG
+and PyAV for the rest on the CPU), and owns the failure policy: a video that decodes during
+indexing but fails here is banned, the samples that used it are replaced by deterministic
+replacement draws, the failure is counted (``failures``), and training goes on. More than
+``max_bad_videos`` such files end in :class:`DecodeFailures` naming them. This module is the thin
+wrapper around it, shaped like DALI's ``DALIGenericIterator``: epochs, shards, resume, PyTorch.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import logging
 import queue
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -35,18 +38,19 @@ import numpy as np
 
 from .augment import SpatialConfig
 from .config import ChoiceEnum, SynthesisConfig
-from .demo import DEMO_SCHEME
-from .decode import (DecodeError, FrameReader, SourceJob, decode_cpu, default_threads, read_bytes,
-                     select_reader, source_jobs)
-from .gpu import GPUUnavailableError, resolve_device
+from .decode import FrameReader
+from .gpu import resolve_device
 from .index import DatasetIndex
 from .planner import Planner, SamplePlan
-from .synthesis import Layout, OutDType, RecipeTables, synthesize
+from .stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, DecodeStage, StageOptions
+from .synthesis import Layout, OutDType, synthesize
+from .windows import BatchWindows
 
 log = logging.getLogger(__name__)
 
-MAX_BAD_VIDEOS = 32  # files that may fail in the pipeline before the run stops (tests lower it)
 STATE_VERSION = 1
+
+__all__ = ["BSPIterator", "DecodeFailures", "LastBatchPolicy", "MAX_BAD_VIDEOS", "RawBatch"]
 
 
 class LastBatchPolicy(ChoiceEnum):
@@ -61,21 +65,15 @@ class LastBatchPolicy(ChoiceEnum):
         return "last_batch_policy"
 
 
-class DecodeFailures(RuntimeError):
-    """Too many videos failed in the pipeline; ``failures`` lists (path, reason)."""
-
-    def __init__(self, failures: Sequence[tuple[str, str]]):
-        lines = "\n".join(f"  {p}: {r}" for p, r in failures)
-        super().__init__(f"{len(failures)} videos failed to decode in the pipeline (more than allowed):\n{lines}")
-        self.failures = list(failures)
-
-
 @dataclass
 class RawBatch:
-    """A synthesized batch before conversion to PyTorch: ``video`` is NumPy (CPU) or CuPy (GPU)."""
+    """A synthesized batch before conversion to PyTorch: ``video`` is NumPy (CPU) or CuPy (GPU);
+    ``windows`` are the units decoded for it (``windows.decoded_frames``: frames the readers
+    returned)."""
 
     plans: list[SamplePlan]
     video: Any
+    windows: BatchWindows | None = None
 
 
 def _dist_shard() -> tuple[int, int]:
@@ -100,6 +98,11 @@ class BSPIterator:
     device: ``"auto"``, ``"cpu"`` or ``"gpu"``; decoder: ``"auto"``, ``"dali"`` or ``"pyav"`` (CPU).
     dtype, layout, mean, std: output format (see ``bsp_dali.synthesis``).
     shard: ``(rank, world_size)``; default from ``torch.distributed`` when initialised.
+    share: samples per group that share their videos, start frames and crops (decode once, use
+        ``share`` times; 1, the default, draws every sample independently; see docs/method.md).
+    dali_reader, pipelines, decode_ahead: the DALI reader (``auto``, ``legacy``, ``experimental``,
+        ``decoder``), pipelines at once (default: one per NVDEC engine on the GPU) and batches
+        planned per pipeline chunk (see ``bsp_dali.stage``).
     """
 
     def __init__(self, data: DatasetIndex | str, batch_size: int, *, synthesis: SynthesisConfig | None = None,
@@ -109,7 +112,8 @@ class BSPIterator:
                  mean: Any = None, std: Any = None, last_batch_policy: LastBatchPolicy | str = LastBatchPolicy.DROP,
                  shard: tuple[int, int] | None = None, return_recipes: bool = False, num_threads: int | None = None,
                  prefetch: int = 2, device_id: int | None = None, max_bad_videos: int = MAX_BAD_VIDEOS,
-                 reader: FrameReader | None = None):
+                 reader: FrameReader | None = None, share: int = 1, dali_reader: str = "auto",
+                 pipelines: int | None = None, decode_ahead: int | None = None):
         if isinstance(data, DatasetIndex):
             index = data
         else:
@@ -125,8 +129,9 @@ class BSPIterator:
         self.mode = mode
         self.synthesis = synthesis or SynthesisConfig()
         self.spatial = spatial or SpatialConfig()
-        self.planner = Planner(index, self.synthesis, seed=seed, spatial=self.spatial)
+        self.planner = Planner(index, self.synthesis, seed=seed, spatial=self.spatial, share=share)
         self.seed = seed
+        self.share = self.planner.share
         self.epoch_size = len(index) if epoch_size is None else int(epoch_size)
         if self.epoch_size < 1:
             raise ValueError(f"epoch_size ({epoch_size}) must be >= 1")
@@ -139,19 +144,18 @@ class BSPIterator:
         if self.epoch_size < self.world:
             raise ValueError(f"epoch_size ({self.epoch_size}) is smaller than the number of shards ({self.world})")
         self.return_recipes = return_recipes
-        self.num_threads = num_threads or default_threads()
         self.prefetch = max(1, int(prefetch))
-        self.max_bad_videos = int(max_bad_videos)
         self.device = resolve_device(device)
         self.device_id = self._pick_device_id(device_id)
-        self.decoder = self._pick_decoder(decoder)
-        self.reader = reader or select_reader(index)
+        self.stage = DecodeStage(index, self.planner, StageOptions(
+            size=self.spatial.size, device=self.device, decoder=decoder, dali_reader=dali_reader,
+            num_threads=num_threads, device_id=self.device_id, pipelines=pipelines, ahead=decode_ahead,
+            max_bad_videos=int(max_bad_videos)), mode=mode, reader=reader)
+        self.decoder = self.stage.decoder
+        self.num_threads = self.stage.threads
+        self.max_bad_videos = self.stage.max_bad_videos
         self.epoch = 0
         self.position = 0  # next batch of the current epoch
-        self.banned: dict[int, str] = {}  # video position -> reason
-        self._dali: Any = None
-        self._dali_cpu: Any = None
-        self._pool: ThreadPoolExecutor | None = None
         self._worker: _Prefetcher | None = None
         if len(self) == 0:
             raise ValueError(f"an epoch of {self.epoch_size} samples over {self.world} shard(s) gives no batch of "
@@ -165,39 +169,40 @@ class BSPIterator:
 
         return int(os.environ.get("LOCAL_RANK", 0))
 
-    def _pick_decoder(self, decoder: str) -> str:
-        if decoder not in ("auto", "dali", "pyav"):
-            raise ValueError(f"decoder ({decoder!r}) must be auto, dali or pyav")
-        demo = bool(self.index.videos) and self.index.videos[0].path.startswith(DEMO_SCHEME)
-        if demo:
-            return "demo"
-        if decoder == "auto":  # without DALI, PyAV decodes on the CPU (and the GPU synthesizes)
-            return "dali" if _dali_installed() else "pyav"
-        if decoder == "dali" and not _dali_installed():
-            raise GPUUnavailableError("decoder='dali' was asked for but NVIDIA DALI is not installed")
-        return decoder
-
     @property
     def decoder_description(self) -> str:
         """Which decoder reads which files, in words (for logs and the CLI)."""
-        if self.decoder == "demo":
-            return "procedural demo frames"
-        if self.decoder == "pyav":
-            return "PyAV (CPU)"
-        if self.device == "gpu":
-            return "DALI NVDEC (GPU)"
-        return "DALI CPU for VP8/VP9/MJPEG, PyAV (CPU) for the rest"
+        return self.stage.description
+
+    @property
+    def banned(self) -> dict[int, str]:
+        """Video position -> reason, for the files excluded so far."""
+        return self.stage.banned
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        return self.stage.failures
 
     # ------------------------------------------------------------------ epoch bookkeeping
+    def _owned(self, rank: int) -> int:
+        """Samples of the epoch that belong to ``rank``: ranks take whole groups of ``share``
+        samples in turn (groups ``rank, rank + world, ...``), so a group's shared windows stay on
+        one rank; with ``share=1`` these are the samples ``rank, rank + world, ...``."""
+        E, W, k = self.epoch_size, self.world, self.share
+        groups, rem = divmod(E, k)
+        n = max(0, (groups - rank + W - 1) // W) * k
+        if rem and groups % W == rank:
+            n += rem
+        return n
+
     def _shard_count(self) -> int:
         """Samples of this shard per epoch. DROP and FILL give every rank the same count (and so the
         same number of batches, as DDP needs); PARTIAL gives each rank exactly its own samples."""
-        E, W, r = self.epoch_size, self.world, self.rank
         if self.policy is LastBatchPolicy.DROP:
-            return E // W
+            return min(self._owned(r) for r in range(self.world))
         if self.policy is LastBatchPolicy.FILL:
-            return -(-E // W)
-        return (E - r + W - 1) // W
+            return max(self._owned(r) for r in range(self.world))
+        return self._owned(self.rank)
 
     def __len__(self) -> int:
         n, B = self._shard_count(), self.batch_size
@@ -205,21 +210,17 @@ class BSPIterator:
 
     def batch_indices(self, batch: int) -> list[int]:
         """Sample indices of this shard's ``batch``-th batch of an epoch."""
-        n, B = self._shard_count(), self.batch_size
+        n, B, k = self._shard_count(), self.batch_size, self.share
         local = list(range(batch * B, min((batch + 1) * B, n)))
         if self.policy is LastBatchPolicy.FILL:
             local += list(range(B - len(local)))  # complete the last batch from the shard's start
-            own = (self.epoch_size - self.rank + self.world - 1) // self.world  # this rank's real samples
-            local = [k % own for k in local]
-        return [self.rank + k * self.world for k in local]
+            own = self._owned(self.rank)  # this rank's real samples
+            local = [j % own for j in local]
+        return [(self.rank + (j // k) * self.world) * k + j % k for j in local]
 
     def plan(self, sample_index: int, epoch: int) -> SamplePlan:
         """The plan of a sample, replaced deterministically if it used a banned video."""
-        make = self.planner.plan if self.mode == "bsp" else self.planner.plan_action
-        p = make(sample_index, epoch)
-        if self.banned and any(s.video in self.banned for s in p.sources):
-            p = make(sample_index, epoch, banned=frozenset(self.banned))
-        return p
+        return self.stage.plan(sample_index, epoch)
 
     def reset(self) -> None:
         """Start the next epoch (also done automatically when a finished epoch is iterated again)."""
@@ -236,7 +237,7 @@ class BSPIterator:
         """Where the iterator is: the next batch to yield and the videos banned so far."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.position, "seed": self.seed,
                 "rank": self.rank, "world": self.world, "batch_size": self.batch_size, "mode": self.mode,
-                "banned": {self.index.videos[v].path: r for v, r in sorted(self.banned.items())}}
+                "share": self.share, "banned": {self.index.videos[v].path: r for v, r in sorted(self.banned.items())}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -245,14 +246,14 @@ class BSPIterator:
             if state[key] != getattr(self, key):
                 raise ValueError(f"iterator state was saved with {key}={state[key]!r}, this iterator has "
                                  f"{getattr(self, key)!r}: the samples would differ")
+        if state.get("share", 1) != self.share:
+            raise ValueError(f"iterator state was saved with share={state.get('share', 1)!r}, this iterator has "
+                             f"{self.share!r}: the samples would differ")
         self._stop_worker()
         by_path = {v.path: i for i, v in enumerate(self.index.videos)}
-        self.banned = {by_path[p]: r for p, r in state.get("banned", {}).items() if p in by_path}
+        self.stage.banned.clear()
+        self.stage.banned.update({by_path[p]: r for p, r in state.get("banned", {}).items() if p in by_path})
         self.epoch, self.position = int(state["epoch"]), int(state["batch"])
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        return [(self.index.videos[v].path, r) for v, r in sorted(self.banned.items())]
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> "BSPIterator":
@@ -275,8 +276,7 @@ class BSPIterator:
         if self.position >= len(self):
             self._stop_worker()
             raise StopIteration
-        item = self._worker.get()
-        raw = self._finish(item)
+        raw = self._finish(self._worker.get())
         self.position += 1
         return raw
 
@@ -290,9 +290,7 @@ class BSPIterator:
 
     def close(self) -> None:
         self._stop_worker()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self.stage.close()
 
     def __enter__(self) -> "BSPIterator":
         return self
@@ -312,149 +310,26 @@ class BSPIterator:
             self._worker = None
 
     # ------------------------------------------------------------------ the work of one batch
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="bsp-read")
-        return self._pool
-
-    def _ban(self, video: int, reason: str) -> None:
-        if video in self.banned:
-            return
-        path = self.index.resolve(self.index.videos[video].path)
-        log.warning("excluding %s for the rest of the run: %s", path, reason)
-        self.banned[video] = reason
-        if len(self.banned) > self.max_bad_videos:
-            raise DecodeFailures(self.failures)
-
-    def _prepare(self, epoch: int, batch: int) -> Any:
-        """Background thread: plans, and either finished CPU stacks or the encoded bytes for DALI."""
-        ids = self.batch_indices(batch)
-        plans = [self.plan(i, epoch) for i in ids]
-        if self.decoder == "dali" and self.device == "gpu":
-            return ("gpu", ids, plans, self._read_all(plans))
-        return ("cpu", ids, *self._decode_cpu_batch(ids, epoch, plans))
-
-    def _read_all(self, plans: Sequence[SamplePlan]) -> list[Any]:
-        vids = [s.video for p in plans for s in p.sources]
-        return list(self.pool.map(lambda v: _try(read_bytes, self.index, v), vids))
-
-    def _decode_cpu_batch(self, ids: list[int], epoch: int, plans: list[SamplePlan]) -> tuple[list[SamplePlan], list[np.ndarray]]:
-        while True:
-            jobs = source_jobs(plans)
-            stacks = self._decode_cpu_once(jobs)
-            bad = [(job.video, err) for job, err in zip(jobs, stacks) if isinstance(err, DecodeError)]
-            if not bad:
-                return plans, stacks  # type: ignore[return-value]
-            for v, err in bad:
-                self._ban(v, err.reason)
-            plans = [self.plan(i, epoch) for i in ids]
-
-    def _decode_cpu_once(self, jobs: list[SourceJob]) -> list[Any]:
-        """DALI's CPU decoder for the codecs it handles (when DALI is the decoder), PyAV for the rest."""
-        from .pipeline import DALI_CPU_CODECS
-
-        size = self.spatial.size
-        out: list[Any] = [None] * len(jobs)
-        use_dali = [self.decoder == "dali" and (self.index.videos[j.video].codec or "") in DALI_CPU_CODECS
-                    for j in jobs]
-        other = [k for k, d in enumerate(use_dali) if not d]
-        if other:
-            for k, stack in zip(other, decode_cpu([jobs[k] for k in other], self.index, self.reader, size, self.pool)):
-                out[k] = stack
-        dali = [k for k, d in enumerate(use_dali) if d]
-        if dali:
-            for k, stack in zip(dali, self._decode_dali([jobs[k] for k in dali], "cpu")):
-                out[k] = stack
-        return out
-
-    def _decode_dali(self, jobs: list[SourceJob], device: str, data: list[Any] | None = None) -> list[Any]:
-        """Decode jobs with DALI; a job that fails comes back as its :class:`DecodeError`."""
-        from .pipeline import DaliPipelineError, SourceRequest
-
-        data = data if data is not None else [_try(read_bytes, self.index, j.video) for j in jobs]
-        out: list[Any] = list(data)  # DecodeErrors of unreadable files stay in place
-        live = [k for k, d in enumerate(data) if not isinstance(d, DecodeError)]
-        requests = [SourceRequest(data[k], jobs[k].frames, jobs[k].crop, jobs[k].flip) for k in live]
-        if not requests:
-            return out
-        dec = self._dali_decoder(device, len(requests))
-        try:
-            stacks = dec.decode(requests)
-        except DaliPipelineError:
-            failed = set(dec.find_failures(requests))
-            if not failed:
-                raise
-            for j in failed:
-                k = live[j]
-                out[k] = DecodeError(self.index.resolve(self.index.videos[jobs[k].video].path),
-                                     f"DALI ({device}) could not decode the planned frames")
-            return out
-        for k, stack in zip(live, stacks):
-            out[k] = stack
-        return out
-
-    def _dali_decoder(self, device: str, sources: int) -> Any:
-        """The DALI pipeline for ``device``, (re)built when a batch has more sources than it takes."""
-        from .pipeline import DaliDecoder
-
-        attr = "_dali" if device == "gpu" else "_dali_cpu"
-        dec = getattr(self, attr)
-        if dec is None or dec.max_sources < sources:
-            dec = DaliDecoder(self.spatial.size, device, max(2 * self.batch_size, sources), self.num_threads,
-                              self.device_id)
-            setattr(self, attr, dec)
-        return dec
-
-    def _finish(self, item: Any) -> RawBatch:
-        """Main thread: GPU decode (DALI) and the synthesis kernel, or the CPU synthesis."""
-        kind, ids, plans, payload = item
-        if kind == "gpu":
-            plans, stacks = self._decode_gpu_batch(ids, plans, payload)
-        else:  # "cpu": decoded on the host; "done": already decoded on the device
-            stacks = payload
-        tables = RecipeTables.from_plans(plans)
+    def _finish(self, decoded: DecodedBatch) -> RawBatch:
+        """Main thread: the synthesis (the fused kernel on the GPU, NumPy on the CPU)."""
+        tables = decoded.tables()
+        stacks = decoded.stacks
         if self.device != "gpu":
             video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
-            return RawBatch(plans, video)
+            return RawBatch(decoded.plans, video, decoded.windows)
         from .gpu import import_cupy
 
         cp = import_cupy()
         with cp.cuda.Device(self.device_id):
-            if kind == "cpu":  # host-decoded stacks (PyAV): one upload each
-                stacks = [cp.asarray(s) for s in stacks]
+            # host-decoded stacks (PyAV): one upload each; DALI's stacks are already on the device
+            stacks = [s if not isinstance(s, np.ndarray) else cp.asarray(s) for s in stacks]
             video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
-            # DALI reuses its output buffers on the next run: finish reading them first
-            cp.cuda.get_current_stream().synchronize()
-        return RawBatch(plans, video)
-
-    def _decode_gpu_batch(self, ids: list[int], plans: list[SamplePlan], data: list[Any]) -> tuple[list[SamplePlan], list[Any]]:
-        epoch = plans[0].epoch
-        while True:
-            jobs = source_jobs(plans)
-            stacks = self._decode_dali(jobs, "gpu", data)
-            bad = [(job.video, err) for job, err in zip(jobs, stacks) if isinstance(err, DecodeError)]
-            if not bad:
-                return plans, stacks
-            for v, err in bad:
-                self._ban(v, err.reason)
-            plans = [self.plan(i, epoch) for i in ids]
-            data = self._read_all(plans)
+        return RawBatch(decoded.plans, video, decoded.windows)
 
     def render(self, plans: Sequence[SamplePlan]) -> RawBatch:
         """Decode and synthesize given plans (not drawn by this iterator: ``extract`` and
         ``inspect`` build their own). A file that fails raises :class:`DecodeError`."""
-        plans = list(plans)
-        jobs = source_jobs(plans)
-        if self.decoder == "dali" and self.device == "gpu":
-            stacks = self._decode_dali(jobs, "gpu")
-        else:
-            stacks = self._decode_cpu_once(jobs)
-        err = next((s for s in stacks if isinstance(s, DecodeError)), None)
-        if err is not None:
-            raise err
-        return self._finish(("cpu" if not (self.decoder == "dali" and self.device == "gpu") else "done",
-                             None, plans, stacks))
+        return self._finish(self.stage.render(list(plans)))
 
     # ------------------------------------------------------------------ PyTorch
     def to_torch(self, raw: RawBatch) -> dict[str, Any]:
@@ -479,34 +354,41 @@ class BSPIterator:
 
 
 class _Prefetcher:
-    """Prepares the batches of one epoch, from a start position, in a background thread."""
+    """Runs the decode stage for one epoch, from a start position, in a background thread, up to
+    ``prefetch`` decoded batches ahead of the consumer."""
 
     def __init__(self, it: BSPIterator, epoch: int, start: int):
         self.q: queue.Queue = queue.Queue(maxsize=it.prefetch)
         self._stop = threading.Event()
+        batches = [it.batch_indices(b) for b in range(start, len(it))]
         # a weak reference: an iterator dropped mid-epoch is collected, and its __del__ stops us
-        self.thread = threading.Thread(target=self._run, args=(weakref.ref(it), epoch, start, len(it)), daemon=True,
+        self.thread = threading.Thread(target=self._run, args=(weakref.ref(it.stage), epoch, batches), daemon=True,
                                        name="bsp-prefetch")
         self.thread.start()
 
-    def _run(self, ref: "weakref.ref[BSPIterator]", epoch: int, start: int, length: int) -> None:
+    def _run(self, ref: "weakref.ref[DecodeStage]", epoch: int, batches: list[list[int]]) -> None:
+        stream = None
         try:
-            for b in range(start, length):
-                it = ref()
-                if it is None or self._stop.is_set():
-                    return
-                item = ("ok", it._prepare(epoch, b))
-                del it
+            stage = ref()
+            if stage is None:
+                return
+            stream = stage.stream(epoch, batches)
+            del stage
+            for item in stream:
                 while not self._stop.is_set():
                     try:
-                        self.q.put(item, timeout=0.1)
+                        self.q.put(("ok", item), timeout=0.1)
                         break
                     except queue.Full:
                         continue
+                del item
                 if self._stop.is_set():
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             self.q.put(("error", e))
+        finally:
+            if stream is not None:
+                stream.close()
 
     def get(self) -> Any:
         while True:
@@ -528,20 +410,4 @@ class _Prefetcher:
             except queue.Empty:
                 break
         if threading.current_thread() is not self.thread:
-            self.thread.join()  # never two prefetchers at once: they share the pool and DALI pipelines
-
-
-def _try(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except DecodeError as e:
-        return e
-
-
-def _dali_installed() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+            self.thread.join()  # never two prefetchers at once: they share the stage's readers

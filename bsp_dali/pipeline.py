@@ -42,6 +42,15 @@ def import_dali() -> Any:
     return dali
 
 
+def device_array(cp: Any, tensor: Any) -> Any:
+    """A CuPy view of a DALI GPU tensor: through DLPack with CuPy's current stream (DALI orders its
+    work before that stream reads), else through the CUDA array interface (version 2, no stream)."""
+    try:
+        return cp.from_dlpack(tensor)
+    except (TypeError, AttributeError, BufferError, RuntimeError):
+        return cp.asarray(tensor)
+
+
 class SourceRequest:
     """One source to decode: encoded bytes, frames, relative box (y0, x0, y1, x1), flip."""
 
@@ -124,7 +133,7 @@ class DaliDecoder:
         if self.device == "gpu":
             import cupy as cp
 
-            return [cp.asarray(out[i]) for i in range(len(requests))]
+            return [device_array(cp, out[i]) for i in range(len(requests))]
         return [np.array(out[i]) for i in range(len(requests))]
 
     def find_failures(self, requests: Sequence[SourceRequest]) -> list[int]:

@@ -37,6 +37,8 @@ from .index import DatasetIndex
 MAX_REJECTION_TRIES = 32
 REPLACEMENT_TAG = 0x5E9A  # entropy word of replacement draws (after a decode failure)
 ACTION_TAG = 0xAC71  # entropy word of the action stream's per-epoch permutation
+GROUP_TAG = 0x6A0B  # entropy word of the group streams of ``share > 1``
+SPATIAL_KEY = 1000  # spawn key of a group's spatial stream (slots use keys 0, 1)
 
 Term = tuple[int, int, float]  # (source slot, source frame index, weight)
 
@@ -205,6 +207,21 @@ class _Pool:
         return self.members[self.start(min_frames):]
 
 
+class _Draws:
+    """64-bit uniforms of one group stream: ``start`` (drawn first, for the start frame) and then
+    ``next()`` for video candidates, so the start is the same whatever the candidates consumed."""
+
+    def __init__(self, rng: np.random.Generator):
+        self._rng = rng
+        self.start = self._one()
+
+    def _one(self) -> int:
+        return int(self._rng.integers(0, 2**64, dtype=np.uint64))
+
+    def next(self) -> int:
+        return self._one()
+
+
 class Planner:
     """Draws sample plans from a :class:`DatasetIndex` under a :class:`SynthesisConfig`.
 
@@ -213,8 +230,13 @@ class Planner:
     """
 
     def __init__(self, index: DatasetIndex, config: SynthesisConfig | None = None, seed: int = 0,
-                 spatial: SpatialConfig | None = None):
+                 spatial: SpatialConfig | None = None, share: int = 1):
         self.index = index
+        if not isinstance(share, (int, np.integer)) or isinstance(share, bool) or share < 1:
+            raise ValueError(f"share ({share!r}) must be an integer >= 1")
+        # Groups of `share` consecutive samples draw their videos, start frames and crops from
+        # common random numbers (docs/method.md, "Decode once, use more than once").
+        self.share = int(share)
         self.config = config or SynthesisConfig()
         # No spatial config: whole frames at their own size (the box is the full frame).
         self.spatial = spatial
@@ -295,6 +317,41 @@ class Planner:
         entropy = [self.seed, epoch, sample_index] + ([REPLACEMENT_TAG] if replacement else [])
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(stream,) if stream else ())))
 
+    def group_rng(self, sample_index: int, epoch: int, key: int, replacement: bool = False) -> np.random.Generator:
+        """The stream of key ``key`` (a source slot, or ``SPATIAL_KEY``) shared by the group
+        ``sample_index // share``: a function of (seed, epoch, group, key) only."""
+        entropy = [self.seed, epoch, sample_index // self.share, GROUP_TAG] + ([REPLACEMENT_TAG] if replacement else [])
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(key,))))
+
+    @staticmethod
+    def _scaled(r: int, n: int) -> int:
+        """``floor(u * n)`` for ``u = r / 2**64``: the same ``r`` lands in the same place of every
+        list of the same length (uniform up to 2**-64 per value)."""
+        return (int(r) * int(n)) >> 64
+
+    def _coupled_pick(self, draw: "_Draws", pool: _Pool, min_frames: int, accept=None, exclude: int | None = None,
+                      banned: frozenset[int] = frozenset()) -> int:
+        """The coupled twin of :meth:`_uniform`: a uniformly drawn video with >= min_frames frames
+        satisfying ``accept``, other than ``exclude`` and outside ``banned``, from the group's
+        numbers. Candidates are drawn from the whole pool with the group's uniforms and the first
+        acceptable one is taken (rejection: uniform over the accepted set, whatever that set is),
+        so two samples of a group agree whenever the first candidate suits both."""
+        nf = self.index.num_frames
+
+        def ok(v: int) -> bool:
+            return nf[v] >= min_frames and v != exclude and v not in banned and (accept is None or accept(v))
+
+        n = len(pool.members)
+        for _ in range(MAX_REJECTION_TRIES):
+            v = int(pool.members[self._scaled(draw.next(), n)])
+            if ok(v):
+                return v
+        valid = [int(v) for v in pool.eligible(min_frames) if ok(int(v))]
+        if not valid:  # only reachable when videos were banned after failing to decode
+            raise PlanningError(f"no usable video is left for this sample after excluding {len(banned)} "
+                                "that failed to decode")
+        return valid[self._scaled(draw.next(), len(valid))]
+
     @staticmethod
     def _uniform(rng: np.random.Generator, pool: _Pool, min_frames: int, accept=None,
                  exclude: int | None = None, banned: frozenset[int] = frozenset()) -> int:
@@ -336,8 +393,24 @@ class Planner:
         if sample_index < 0 or epoch < 0:
             raise ValueError(f"sample_index ({sample_index}) and epoch ({epoch}) must be >= 0")
         cfg, idx = self.config, self.index
+        banned = frozenset(banned)
         rng = self.rng(sample_index, epoch, replacement=bool(banned))
-        pick = functools.partial(self._uniform, banned=frozenset(banned))
+        if self.share > 1:  # videos and starts from the group's numbers, one stream per slot
+            draws = [_Draws(self.group_rng(sample_index, epoch, slot, bool(banned))) for slot in (0, 1)]
+
+            def pick(slot: int, pool: _Pool, need: int, **kw: Any) -> int:
+                return self._coupled_pick(draws[slot], pool, need, banned=banned, **kw)
+
+            def start(slot: int, v: int, span: int) -> int:
+                return self._scaled(draws[slot].start, int(idx.num_frames[v]) - span + 1)
+        else:  # today's independent draws, in their order, from the sample's own stream
+
+            def pick(slot: int, pool: _Pool, need: int, **kw: Any) -> int:
+                return self._uniform(rng, pool, need, banned=banned, **kw)
+
+            def start(slot: int, v: int, span: int) -> int:
+                return self._start(rng, v, span)
+
         kind = cfg.types[int(rng.choice(len(cfg.types), p=cfg.type_probs))]
         tau, d = cfg.tau, cfg.stride
         eps = gamma = t = mu = None
@@ -349,18 +422,17 @@ class Planner:
             need_a, need_b = frames_needed_diff_class(tau, eps, d)
             # A must have a partner: some other class with a video of >= need_b frames. The
             # feasibility check guarantees two such classes exist, so any A qualifies.
-            a = pick(rng, self._all, need_a)
-            b = pick(rng, self._all, need_b, accept=lambda v: labels[v] != labels[a])
-            a0, b0 = self._start(rng, a, need_a), self._start(rng, b, need_b)
+            a = pick(0, self._all, need_a)
+            b = pick(1, self._all, need_b, accept=lambda v: labels[v] != labels[a])
+            a0, b0 = start(0, a, need_a), start(1, b, need_b)
             recipe = recipe_diff_class(tau, eps, a0, b0, d)
             videos, mu = [a, b], tau
         elif kind == BoundaryType.SAME_CLASS:
             need = frames_needed_same_class(tau, d)
             # a needs a partner in its class that is long enough and not banned
-            a = pick(rng, self._all, need,
-                     accept=lambda v: sum(int(m) not in banned for m in self._class[labels[v]].eligible(need)) >= 2)
-            b = pick(rng, self._class[labels[a]], need, exclude=a)
-            a0, b0 = self._start(rng, a, need), self._start(rng, b, need)
+            a = pick(0, self._all, need, accept=lambda v: self._has_partner(int(labels[v]), need, banned))
+            b = pick(1, self._class[labels[a]], need, exclude=a)
+            a0, b0 = start(0, a, need), start(1, b, need)
             recipe = recipe_same_class(tau, a0, b0, d)
             videos, mu = [a, b], tau
         elif kind == BoundaryType.DIFF_SPEED:
@@ -368,14 +440,14 @@ class Planner:
             tlo, thi = cfg.resolved_t_range
             t = int(rng.integers(tlo, thi + 1))
             need = frames_needed_diff_speed(tau, t, gamma, d)
-            v = pick(rng, self._all, need)
-            s0 = self._start(rng, v, need)
+            v = pick(0, self._all, need)
+            s0 = start(0, v, need)
             recipe = recipe_diff_speed(tau, t, gamma, s0, d)
             videos, mu = [v], t
         else:
             need = frames_needed_plain(tau, d)
-            v = pick(rng, self._all, need)
-            s0 = self._start(rng, v, need)
+            v = pick(0, self._all, need)
+            s0 = start(0, v, need)
             recipe = recipe_same_speed(tau, s0, d)
             videos = [v]
 
@@ -383,7 +455,7 @@ class Planner:
             tuple(sorted({f for terms in recipe for (s, f, _) in terms if s == slot}))
             for slot in range(len(videos))
         )
-        crop, flip = self._spatial(sample_index, epoch, videos[0], bool(banned))
+        crop, flip = self._spatial(sample_index, epoch, videos[0], bool(banned), coupled=self.share > 1)
         return SamplePlan(
             index=int(sample_index), epoch=int(epoch), type=kind, label=cfg.label_of(kind),
             tau=tau, eps=eps, gamma=gamma, t=t, mu=mu, stride=d,
@@ -391,11 +463,20 @@ class Planner:
             recipe=tuple(tuple(terms) for terms in recipe), crop=crop, flip=flip,
         )
 
-    def _spatial(self, sample_index: int, epoch: int, first_video: int, replacement: bool) -> tuple[Box, bool]:
+    def _has_partner(self, label: int, need: int, banned: frozenset[int]) -> bool:
+        """Whether class ``label`` has two unbanned videos of >= ``need`` frames."""
+        pool = self._class[label]
+        if not banned:
+            return pool.count(need) >= 2
+        return sum(int(m) not in banned for m in pool.eligible(need)) >= 2
+
+    def _spatial(self, sample_index: int, epoch: int, first_video: int, replacement: bool,
+                 coupled: bool = False) -> tuple[Box, bool]:
         if self.spatial is None:
             return FULL_BOX, False
         info = self.index.videos[first_video]
-        rng = self.rng(sample_index, epoch, stream=1, replacement=replacement)
+        rng = (self.group_rng(sample_index, epoch, SPATIAL_KEY, replacement) if coupled
+               else self.rng(sample_index, epoch, stream=1, replacement=replacement))
         return draw_spatial(rng, self.spatial, info.width, info.height)
 
     # ------------------------------------------------------------------ action mode

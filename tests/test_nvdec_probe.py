@@ -1,0 +1,38 @@
+"""benchmarks/nvdec_probe.py runs on the CPU (--help, --dry-run); its GPU rows need a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_probe_help_and_dry_run(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BSP_DALI_CACHE=str(tmp_path / "cache"))
+    script = str(ROOT / "benchmarks" / "nvdec_probe.py")
+    res = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "--dry-run" in res.stdout
+    res = subprocess.run([sys.executable, script, "--dry-run", "--out", str(tmp_path / "out")], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "nvdec-probe-cpu-dry-run.json").read_text())
+    assert result["dry_run"] and len(result["rows"]) == 6
+    for row in result["rows"]:
+        assert row["error"] is None, row
+        assert row["windows_per_s"] > 0 and row["frames_per_s"] == pytest.approx(8 * row["windows_per_s"])
+    assert "DRY RUN" in (tmp_path / "out" / "nvdec-probe-cpu-dry-run.md").read_text()
+
+
+def test_nvdec_engine_table():
+    from bsp_dali.nvdec import engines_from_name, nvdec_engines
+
+    assert engines_from_name("NVIDIA H100 80GB HBM3") == 7 and engines_from_name("NVIDIA H200") == 7
+    assert engines_from_name("NVIDIA A100-SXM4-40GB") == 5 and engines_from_name("NVIDIA L40S") == 3
+    assert engines_from_name("NVIDIA L4") == 4 and engines_from_name("Tesla T4") == 2
+    assert engines_from_name("some card") is None
+    assert nvdec_engines(0) >= 1  # no GPU here: 1
