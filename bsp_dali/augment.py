@@ -102,17 +102,23 @@ def draw(rng: np.random.Generator, cfg: SpatialConfig, width: int, height: int) 
 
 def apply_cpu(frames: np.ndarray, box: Box, flip: bool, size: tuple[int, int]) -> np.ndarray:
     """FHWC uint8 -> FHWC uint8 of ``size``: crop ``box``, resize (bilinear, antialiased), flip."""
+    out = np.empty((frames.shape[0], size[0], size[1], frames.shape[3]), np.uint8)
+    for f, frame in enumerate(frames):
+        transform_frame_cpu(frame, box, flip, size, out[f])
+    return out
+
+
+def transform_frame_cpu(frame: np.ndarray, box: Box, flip: bool, size: tuple[int, int], out: np.ndarray) -> None:
+    """One frame of :func:`apply_cpu`, HWC uint8, written into ``out`` (HWC uint8 of ``size``, any
+    strides: a slot of shared memory in the decode workers). The same pixels as ``apply_cpu``."""
     from PIL import Image
 
-    F, H, W, _ = frames.shape
+    H, W = frame.shape[:2]
     out_h, out_w = size
-    y0, x0, y1, x1 = box
     if box == FULL_BOX and (H, W) == (out_h, out_w):
-        out = frames.copy()
+        res = frame
     else:
-        pixel_box = (x0 * W, y0 * H, x1 * W, y1 * H)
-        out = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BILINEAR, box=pixel_box))
-                        for f in frames]) if F else np.zeros((0, out_h, out_w, frames.shape[3]), np.uint8)
-    if flip:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+        y0, x0, y1, x1 = box
+        res = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.BILINEAR,
+                                                       box=(x0 * W, y0 * H, x1 * W, y1 * H)))
+    out[...] = res[:, ::-1] if flip else res
