@@ -361,7 +361,7 @@ class Request:
         self.results: list[Any] = [None] * n
         self.remaining = n
         self.done = threading.Event()
-        self.cancelled = False
+        self.dropped = False
         self.error: BaseException | None = None
         if n == 0:
             self.done.set()
@@ -375,8 +375,13 @@ class Request:
         return out
 
     def cancel(self) -> bool:
-        self.cancelled = True
+        """Give up on the units: those not yet sent are never decoded, and no result is kept (their
+        blocks are freed when the workers are done with them)."""
+        self.dropped = True
         return True
+
+    def cancelled(self) -> bool:
+        return self.dropped
 
 
 @dataclass
@@ -505,12 +510,12 @@ def _finish(state: _State, task: _Task, error: str | None, stats: tuple | None) 
         st.fallbacks += stats[1]
         st.decode_s += stats[2]
         st.transform_s += stats[3]
-    if req.cancelled or error is not None:
+    if req.dropped or error is not None:
         state.arena.free(s, off, nbytes)
-        result: Any = None if req.cancelled else DecodeError(task.path, error or "")
+        result: Any = None if req.dropped else DecodeError(task.path, error or "")
     else:
         result = state.arena.view(s, off, task.shape)
-    if not req.cancelled:
+    if not req.dropped:
         req.results[task.slot] = result
     req.remaining -= 1
     if req.remaining == 0:
@@ -547,7 +552,7 @@ def _dispatch(state: _State) -> None:
                 for w in state.workers:
                     while len(w.tasks) < IN_FLIGHT_PER_WORKER and state.pending:
                         task = state.pending.popleft()
-                        if task.request.cancelled:  # never sent: its block was never written
+                        if task.request.dropped:  # never sent: its block was never written
                             _finish(state, task, "cancelled", None)
                             continue
                         try:
@@ -668,13 +673,10 @@ class ProcessWindowReader:
         self._finalizer: weakref.finalize | None = None
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._closed = False
 
     # ------------------------------------------------------------------ set-up
     def _started(self) -> _State:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the window reader is closed")
             if self._state is None:
                 sweep_stale_segments()
                 state = _State(self.workers, Arena(self._segment_bytes))
@@ -735,10 +737,10 @@ class ProcessWindowReader:
         return self.submit(units).result()
 
     def close(self) -> None:
-        """Stop the workers and unlink the shared memory (views already handed out stay readable)."""
+        """Stop the workers and unlink the shared memory (views already handed out stay readable). A
+        later request starts new workers."""
         with self._lock:
-            self._closed = True
-            fin = self._finalizer
+            fin, self._finalizer, self._state = self._finalizer, None, None
         if fin is not None:
             fin()
 
