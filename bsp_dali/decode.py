@@ -47,11 +47,13 @@ class PyAVReader:
     (B-frames, mostly) are not decoded at all; frames are then told apart by their pts, mapped to
     frame indices from the demuxed packets (:func:`decode_window`). Exact: the frames returned are
     the ones a full decode gives, and where the mapping is uncertain the reader decodes every frame.
+    Off by default: this class is also the plain loop a user would write (the benchmark's
+    baseline); the decode stage turns it on.
     ``decoded`` / ``fallbacks`` count frames the decoder produced and windows that took the
     plain path (for profiles and tests).
     """
 
-    def __init__(self, index: DatasetIndex, threads: int = 0, skip_nonref: bool = True):
+    def __init__(self, index: DatasetIndex, threads: int = 0, skip_nonref: bool = False):
         if threads < 0:
             raise ValueError(f"threads ({threads}) must be >= 0")
         self.index = index
