@@ -255,6 +255,8 @@ def _decode_skipping(av: Any, path: str, start: tuple[int, int], first: int, las
             return False
 
         for pkt in itertools.chain(buffered, packets):
+            if pkt.size == 0:  # end of stream: flushed below, once
+                break
             ctx.skip_frame = "NONREF" if pkt.pts is not None and pkt.pts < p_start else "DEFAULT"
             if deliver(ctx.decode(pkt)):
                 return
