@@ -212,6 +212,10 @@ def test_worker_processes_and_threads_give_the_same_batches(indexed_h264):
     kw = dict(batch_size=3, epoch_size=9, seed=5, dtype="float16", decoder="pyav", num_threads=2)
     with make(indexed_h264, cpu_workers="processes", **kw) as a, make(indexed_h264, cpu_workers="threads", **kw) as b:
         assert "worker process" in a.decoder_description and "thread" in b.decoder_description
+        n = 0
         for x, y in zip(a, b):
             assert torch.equal(x["video"], y["video"]) and torch.equal(x["index"], y["index"])
-        assert a._worker is None or a._worker.synth is not None  # the CPU synthesizes off the consumer's thread
+            if n == 0:  # the CPU synthesizes in its own thread, off the consumer's
+                assert a._worker.synth is not None and a._worker.synth.name == "bsp-synthesis"
+            n += 1
+        assert n == 3
