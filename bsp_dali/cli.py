@@ -320,7 +320,7 @@ def train_cmd(
     trust_checkpoint: bool = OPT_TRUST,
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Decode threads per process."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Decode threads per process (CPU: PyAV decode worker processes, default one per core)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="torch deterministic algorithms (for tests)."),
     config: Optional[Path] = OPT_CONFIG, tau: Optional[int] = OPT_TAU, eps: Optional[Tuple[int, int]] = OPT_EPS,
     gamma: Optional[List[float]] = OPT_GAMMA, t_range: Optional[Tuple[int, int]] = OPT_T,

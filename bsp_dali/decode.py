@@ -194,11 +194,30 @@ def _decode_counting(av: Any, path: str, start: tuple[int, int] | None, first: i
     return True
 
 
+# Containers whose packets carry their own pts and dts (not derived from codec parameters).
+TIMESTAMPED_FORMATS = ("mov", "mp4", "matroska", "webm")
+# Opening a file runs FFmpeg's stream probe, which decodes the first frames (several, for H.264
+# without B-frames, to guess the reorder delay): most of the cost of opening a file for one short
+# window. For the skipping path it only needs the container's own timestamps; the decoder learns
+# what it needs from the bitstream. ``skip_frame`` here reaches only the probe's decoders.
+FAST_OPEN = {"skip_frame": "all", "analyzeduration": "1"}
+
+
+def _open_timestamped(av: Any, path: str) -> Any:
+    """The file opened without decoding frames in the stream probe, for containers that carry pts
+    and dts (MP4/MOV, Matroska/WebM); other containers are opened normally."""
+    container = av.open(path, options=dict(FAST_OPEN))
+    if any(name in TIMESTAMPED_FORMATS for name in container.format.name.split(",")):
+        return container
+    container.close()
+    return av.open(path)
+
+
 def _decode_skipping(av: Any, path: str, start: tuple[int, int], first: int, last: int,
                      on_frame: Callable[[int, Any], None], threads: int, stats: WindowStats) -> None:
     k_idx, k_pts = start
     need = first - k_idx  # frame `first` is the need-th smallest pts at or after the keyframe's
-    with av.open(path) as container:
+    with _open_timestamped(av, path) as container:
         stream = container.streams.video[0]
         _set_threads(stream, threads)
         ctx = stream.codec_context

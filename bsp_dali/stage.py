@@ -9,7 +9,8 @@ What it owns:
 * **Planning** (``plan``): the planner's draw for a sample, or its replacement draw when the
   sample used a banned video. ``plan_windows`` turns a batch's plans into decode units.
 * **Routing** (``route``): which reader decodes which unit. The procedural demo videos: the demo
-  reader. ``decoder="pyav"``: PyAV (CPU). ``decoder="dali"``: on the GPU every file goes to a
+  reader. ``decoder="pyav"``: PyAV (CPU), in worker processes (``cpu_workers``, see
+  ``bsp_dali.procreader``) that get the next batch's units ahead. ``decoder="dali"``: on the GPU every file goes to a
   DALI file-list reader (``fn.readers.video``, "legacy", by default) in windows of the fixed
   length ``L`` (``fixed_window_length``); on the CPU VP8/VP9/MJPEG go to
   ``fn.experimental.readers.video`` on the CPU and everything else (H.264) to PyAV. Units that
