@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -114,11 +115,40 @@ def transform_frame_cpu(frame: np.ndarray, box: Box, flip: bool, size: tuple[int
     from PIL import Image
 
     H, W = frame.shape[:2]
-    out_h, out_w = size
-    if box == FULL_BOX and (H, W) == (out_h, out_w):
-        res = frame
+    if box == FULL_BOX and (H, W) == tuple(size):
+        out[...] = frame[:, ::-1] if flip else frame
+        return
+    resized = _resize(Image.fromarray(frame), box, H, W, size)
+    if frame.shape[2] == 3:
+        _write_rgb(resized, flip, out)
     else:
-        y0, x0, y1, x1 = box
-        res = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.BILINEAR,
-                                                       box=(x0 * W, y0 * H, x1 * W, y1 * H)))
-    out[...] = res[:, ::-1] if flip else res
+        res = np.asarray(resized)
+        out[...] = res[:, ::-1] if flip else res
+
+
+def transform_av_frame(frame: Any, box: Box, flip: bool, size: tuple[int, int], out: np.ndarray) -> None:
+    """:func:`transform_frame_cpu` of a decoded PyAV frame (``av.VideoFrame``): the same rgb24
+    conversion, handed to Pillow without the NumPy copy (FFmpeg's rows are padded, so a NumPy view
+    of them is not contiguous and Pillow would copy it first)."""
+    H, W = frame.height, frame.width
+    if box == FULL_BOX and (H, W) == tuple(size):
+        transform_frame_cpu(frame.to_ndarray(format="rgb24"), box, flip, size, out)
+        return
+    _write_rgb(_resize(frame.to_image(), box, H, W, size), flip, out)
+
+
+def _resize(image: Any, box: Box, H: int, W: int, size: tuple[int, int]) -> Any:
+    from PIL import Image
+
+    y0, x0, y1, x1 = box
+    return image.resize((size[1], size[0]), Image.BILINEAR, box=(x0 * W, y0 * H, x1 * W, y1 * H))
+
+
+def _write_rgb(image: Any, flip: bool, out: np.ndarray) -> None:
+    """A Pillow RGB/RGBX image into ``out`` (HWC uint8, 3 channels): flipped and packed by Pillow,
+    one contiguous copy here."""
+    from PIL import Image
+
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out[...] = np.frombuffer(image.tobytes("raw", "RGB"), np.uint8).reshape(out.shape)

@@ -281,7 +281,7 @@ def _worker_main(fd: int) -> None:
     parent = os.getppid()
     conn = Connection(fd)
     maps: dict[str, mmap.mmap] = {}
-    from .augment import transform_frame_cpu
+    from .augment import transform_av_frame
     from .decode import DecodeError, WindowStats, read_window
 
     conn.send(("ready", os.getpid()))
@@ -314,7 +314,7 @@ def _worker_main(fd: int) -> None:
 
             def on_frame(n: int, frame: Any) -> None:
                 t = time.thread_time()
-                transform_frame_cpu(frame.to_ndarray(format="rgb24"), crop, flip, size, out[n - first])
+                transform_av_frame(frame, crop, flip, size, out[n - first])
                 seen[n - first] = True
                 spent[0] += time.thread_time() - t
 

@@ -208,3 +208,56 @@ def test_workers_ignore_ctrl_c_sent_to_the_group(indexed_h264):
         assert isinstance(reader.read_windows(units_of(indexed_h264, 1))[0], np.ndarray)
     finally:
         reader.close()
+
+
+def old_apply_cpu(frames, box, flip, size):
+    """apply_cpu as it was before Pillow flipped and packed the frames: the oracle."""
+    from PIL import Image
+
+    F, H, W, _ = frames.shape
+    y0, x0, y1, x1 = box
+    if box == FULL_BOX and (H, W) == size:
+        out = frames.copy()
+    else:
+        out = np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.BILINEAR,
+                                                             box=(x0 * W, y0 * H, x1 * W, y1 * H))) for f in frames])
+    return np.ascontiguousarray(out[:, :, ::-1] if flip else out)
+
+
+def test_the_frame_transform_gives_the_pixels_it_gave_before():
+    """transform_frame_cpu (Pillow flips and packs, one copy into the slot) against the NumPy flip
+    of Pillow's arrays it replaced: every kind of box, both flips, odd sizes, a strided slot."""
+    from bsp_dali.augment import transform_frame_cpu
+
+    rng = np.random.default_rng(3)
+    boxes = [FULL_BOX, (0.1, 0.15, 0.8, 0.9), (0.0, 0.0, 0.3, 0.25), (0.5, 0.2, 1.0, 1.0)]
+    for trial in range(6):
+        H, W = int(rng.integers(9, 120)), int(rng.integers(9, 120))
+        frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        for box in boxes:
+            for size in ((H, W), (24, 41)):
+                for flip in (False, True):
+                    slots = np.zeros((3, *size, 3), np.uint8)
+                    transform_frame_cpu(frame, box, flip, size, slots[1])
+                    assert np.array_equal(slots[1], old_apply_cpu(frame[None], box, flip, size)[0]), (box, size, flip)
+                    assert not slots[0].any() and not slots[2].any()
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuvj420p", "yuv444p"])
+def test_the_workers_transform_of_a_decoded_frame_is_that_of_its_rgb24_array(fmt):
+    import av
+
+    from bsp_dali.augment import transform_av_frame
+
+    rng = np.random.default_rng(4)
+    for H, W in ((256, 340), (64, 96), (38, 70)):
+        frame = av.VideoFrame(W, H, fmt)
+        for plane in frame.planes:
+            plane.update(rng.integers(0, 256, plane.buffer_size, dtype=np.uint8).tobytes())
+        rgb = frame.to_ndarray(format="rgb24")
+        for box in (FULL_BOX, (0.1, 0.15, 0.8, 0.9), (0.2, 0.0, 1.0, 1.0)):
+            for size in ((H, W), (24, 40)):
+                for flip in (False, True):
+                    out = np.zeros((*size, 3), np.uint8)
+                    transform_av_frame(frame, box, flip, size, out)
+                    assert np.array_equal(out, old_apply_cpu(rgb[None], box, flip, size)[0]), (H, W, box, size, flip)
