@@ -25,6 +25,9 @@ import torch
 from bsp_dali.measure import (LoopTimer, MeasurementError, UtilSampler, Window, dataloader_warmup, prefetch_warmup,
                               steady_rate)
 
+# 4 sleeping workers on a 2-core machine are fine: PyTorch's warning about it is not
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
 SLEEP = 0.010  # seconds per item
 BATCH = 4
 WINDOW = Window(min_batches=30, min_seconds=1.5, quick=True)

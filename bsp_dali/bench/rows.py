@@ -231,14 +231,12 @@ def bench_cpu_ceiling(index: DatasetIndex, processes: int, window: Window = STEA
             **res.to_json()}
 
 
-def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEADY,
-                      sampler: Callable[[], Any] | None = None, device_id: int = 0, sequence: int = 16,
-                      batch: int = 4) -> dict[str, Any]:
-    """DALI's GPU video reader decoding whole files front to back (windows of ``sequence``
-    consecutive frames, each frame once) in ``pipelines`` pipelines on threads, one per NVDEC
-    engine (the legacy reader keeps one decoder per pipeline): decoded frames/s.
-
-    Written for and imported on the CPU, not yet run on a GPU."""
+def gpu_ceiling_pipelines(index: DatasetIndex, pipelines: int, device_id: int = 0, sequence: int = 16,
+                          batch: int = 4) -> list[Any]:
+    """The (unbuilt) DALI pipelines of the GPU decode ceiling: ``fn.readers.video`` on the GPU
+    over a slice of the files each, windows of ``sequence`` consecutive frames (``step`` =
+    ``sequence``: every frame decoded once, front to back), no shuffling. DALI checks the
+    arguments here; ``build()`` needs a GPU."""
     try:
         import nvidia.dali as dali
         from nvidia.dali import fn, types
@@ -246,21 +244,41 @@ def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEA
         from ..gpu import GPUUnavailableError
 
         raise GPUUnavailableError(f"the GPU decode ceiling needs NVIDIA DALI ({e})") from None
-
+    if pipelines < 1:
+        raise ValueError(f"pipelines ({pipelines}) must be >= 1")
     files = _ceiling_files(index)
-    groups = [files[k::pipelines] or files for k in range(pipelines)]
 
     @dali.pipeline_def
-    def whole_files(names: list[str]):  # pragma: no cover - traced by DALI, GPU only
+    def whole_files(names: list[str]):  # pragma: no cover - traced by DALI
         return fn.readers.video(device="gpu", filenames=names, sequence_length=sequence, step=sequence, stride=1,
                                 random_shuffle=False, skip_vfr_check=True, dtype=types.UINT8, name="reader")
 
-    pipes = [whole_files(names=g, batch_size=batch, num_threads=2, device_id=device_id, prefetch_queue_depth=2)
-             for g in groups]
+    return [whole_files(names=files[k::pipelines] or files, batch_size=batch, num_threads=2, device_id=device_id,
+                        prefetch_queue_depth=2) for k in range(pipelines)]
+
+
+def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEADY,
+                      sampler: Callable[[], Any] | None = None, device_id: int = 0, sequence: int = 16,
+                      batch: int = 4) -> dict[str, Any]:
+    """DALI's GPU video reader decoding whole files front to back in ``pipelines`` pipelines on
+    threads, one per NVDEC engine (the legacy reader keeps one decoder per pipeline and reuses it
+    across files): decoded frames/s. Pipelines run on threads (``run()`` releases the GIL).
+
+    Written for and argument-checked on the CPU (:func:`gpu_ceiling_pipelines`), not yet run on a
+    GPU."""
+    pipes = gpu_ceiling_pipelines(index, pipelines, device_id, sequence, batch)
     for p in pipes:
         p.build()
     out: queue.Queue = queue.Queue(maxsize=pipelines)
     stop = threading.Event()
+
+    def hand_over(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def drive(p: Any) -> None:
         while not stop.is_set():
@@ -270,14 +288,9 @@ def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEA
                 p.reset()
                 continue
             except Exception as e:  # noqa: BLE001 - handed to the consumer
-                out.put(e)
+                hand_over(e)
                 return
-            while not stop.is_set():
-                try:
-                    out.put(batch * sequence, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            hand_over(batch * sequence)
 
     def results() -> Iterator[int]:
         while True:
@@ -292,6 +305,7 @@ def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEA
     def run() -> dict[str, Any]:
         for t in threads:
             t.start()
+        # each pipeline holds up to 2 finished batches in DALI's queue and one in hand here
         res = steady_rate(results(), lambda n: {"decoded_frames": n},
                           warmup=dataloader_warmup(pipelines, 2) + pipelines, window=window,
                           primary="decoded_frames")
@@ -303,11 +317,9 @@ def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEA
         return _utilized(sampler, run)
     finally:
         stop.set()
-        while not out.empty():
-            out.get_nowait()
         for t in threads:
-            t.join(timeout=30)
-        del pipes
+            if t.ident is not None:
+                t.join(timeout=30)
 
 
 # ---------------------------------------------------------------------------------- kernel
@@ -386,6 +398,14 @@ def timed_loop(batches: Iterator[Any], step: Callable[[Any], None], clips: int, 
     return timer.report()
 
 
+def stall_fraction(static_rate: float, fed_rate: float) -> float:
+    """The share of the static step's rate that feeding it from the loader loses: 1 - fed / static.
+    Not clamped: a fed loop measured faster than the static one (noise) shows as negative."""
+    if not (static_rate > 0):
+        raise ValueError(f"static_rate ({static_rate}) must be > 0")
+    return 1.0 - fed_rate / static_rate
+
+
 def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, threads: int,
                      synthesis: SynthesisConfig, size: int, window: Window = STEADY,
                      sampler: Callable[[], Any] | None = None) -> dict[str, Any]:
@@ -425,7 +445,7 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
         fed = timed_loop(loader, step, batch, prefetch_warmup(it.prefetch), window, sync, event)
         return {"row": "train-step", "decoder": f"TSM-{arch}", "static_seconds": 1 / static.clips_per_s * batch,
                 "fed_seconds": 1 / fed.clips_per_s * batch, "static_clips_per_s": static.clips_per_s,
-                "clips_per_s": fed.clips_per_s, "stall_fraction": 1 - fed.clips_per_s / static.clips_per_s,
+                "clips_per_s": fed.clips_per_s, "stall_fraction": stall_fraction(static.clips_per_s, fed.clips_per_s),
                 "data_wait_fraction": fed.data_wait, "host_wait_fraction": fed.host_wait,
                 "static": static.to_json(), "fed": fed.to_json(),
                 "window": {"min_batches": window.min_batches, "min_seconds": window.min_seconds,
@@ -466,4 +486,5 @@ def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: Synt
 
 
 __all__ = ["bench_baseline", "bench_cpu_ceiling", "bench_gpu_ceiling", "bench_kernel", "bench_pipeline",
-           "bench_train_step", "decode_cost", "decode_whole_file", "plan_counts", "stage_profile", "timed_loop"]
+           "bench_train_step", "decode_cost", "decode_whole_file", "gpu_ceiling_pipelines", "plan_counts",
+           "stage_profile", "stall_fraction", "timed_loop"]
