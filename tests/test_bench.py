@@ -121,6 +121,15 @@ def test_goal_evaluation():
     assert rows[5]["ceiling_row"] == "cpu-decode-ceiling" and rows[5]["fraction_of_ceiling"] == 13000 / 20000
 
 
+def test_decode_cost_starts_at_the_keyframe_before_each_source(indexed_h264):
+    plans = Planner(indexed_h264, SynthesisConfig(tau=4), seed=1).plan_many(range(64))
+    from_zero = sum(max(f) + 1 for p in plans for f in p.frames)
+    assert decode_cost(indexed_h264, plans) == cost_by_hand(indexed_h264, plans) < from_zero  # seeks help here
+    v = max(indexed_h264.videos, key=lambda v: len(v.keyframes))
+    k = v.keyframes[1][0]
+    assert v.frames_to_decode(k, k + 2) == 3 and v.frames_to_decode(k - 1, k + 2) == k + 3
+
+
 def test_stall_is_not_clamped():
     assert stall_fraction(10.0, 8.0) == pytest.approx(0.2)
     assert stall_fraction(10.0, 11.0) == pytest.approx(-0.1)  # noise shows as noise, not as "no stall"
