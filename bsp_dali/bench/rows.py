@@ -59,6 +59,18 @@ def plan_counts(index: DatasetIndex, plans: Sequence[Any]) -> dict[str, int]:
             "decoded_frames": decode_cost(index, plans)}
 
 
+def batch_counts(index: DatasetIndex, raw: Any) -> dict[str, int]:
+    """:func:`plan_counts` of a pipeline batch; where the iterator reports the units it decoded
+    (``raw.windows``: decode-once windows that samples may share), the decoded frames are those
+    units' cost from the keyframe tables, not the sum over sources."""
+    counts = plan_counts(index, raw.plans)
+    windows = getattr(raw, "windows", None)
+    if windows is not None:
+        counts["decoded_frames"] = windows.decode_cost(
+            lambda u: index.videos[u.video].frames_to_decode(u.start, u.stop - 1))
+    return counts
+
+
 def _sync(device: str) -> Callable[[], None] | None:
     if device != "gpu":
         return None
@@ -94,8 +106,8 @@ def bench_pipeline(index: DatasetIndex, device: str, batch: int, threads: int, s
                      num_threads=threads, epoch_size=batch * 10**7, dtype=dtype, return_recipes=False)
 
     def run() -> dict[str, Any]:
-        batches = ((it.to_torch(r), r.plans) for r in it.iter_raw())
-        res = steady_rate(batches, lambda b: plan_counts(index, b[1]), warmup=prefetch_warmup(it.prefetch),
+        batches = ((it.to_torch(r), r) for r in it.iter_raw())
+        res = steady_rate(batches, lambda b: batch_counts(index, b[1]), warmup=prefetch_warmup(it.prefetch),
                           window=window, sync=_sync(device), primary="clips")
         return {"row": "pipeline", "decoder": it.decoder_description, **res.to_json()}
 
@@ -486,5 +498,5 @@ def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: Synt
 
 
 __all__ = ["bench_baseline", "bench_cpu_ceiling", "bench_gpu_ceiling", "bench_kernel", "bench_pipeline",
-           "bench_train_step", "decode_cost", "decode_whole_file", "gpu_ceiling_pipelines", "plan_counts",
+           "bench_train_step", "batch_counts", "decode_cost", "decode_whole_file", "gpu_ceiling_pipelines", "plan_counts",
            "stage_profile", "stall_fraction", "timed_loop"]
