@@ -424,29 +424,34 @@ def demo(
 @app.command()
 def bench(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for bench-<tag>.json/.md/.png."),
-    quick: bool = typer.Option(False, "--quick", help="Small data and one setting: under 2 minutes on 2 CPU cores (a smoke test)."),
+    quick: bool = typer.Option(False, "--quick", help="Small data, one setting and a short timing window: under 2 minutes on 2 CPU cores (a smoke test; its figures are not steady-state)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
-    batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default 8 16 32)."),
-    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores and half)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Run every row on this folder (indexed with `bsp-dali index`) instead of generated data."),
+    batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default: GPU 8 16 32, CPU 8 16)."),
+    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores)."),
     frames: Optional[List[int]] = typer.Option(None, "--frames", help="Clip lengths T to sweep, repeatable (default 8 16)."),
     sizes: Optional[List[int]] = typer.Option(None, "--size", help="Output sizes to sweep, repeatable (default 112 224)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of the training-step row (default resnet50; quick: resnet18)."),
-    count: Optional[int] = typer.Option(None, "--count", help="Timed batches per row (default 10)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of the training-step row (default: GPU resnet50, CPU resnet18)."),
+    min_batches: Optional[int] = typer.Option(None, "--min-batches", help="Timing window: at least this many batches after the warm-up (default 30)."),
+    min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="Timing window: at least this many seconds (default 10)."),
+    nvdec_engines: Optional[int] = typer.Option(None, "--nvdec-engines", help="Pipelines of the GPU decode ceiling, one per NVDEC engine (default 7: H100/H200)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="File name tag (default: gpu or cpu, -quick)."),
 ) -> None:
-    """Measure synthesized clips/s and frames/s of the pipeline against a PyTorch DataLoader baseline
-    (PyAV workers, NumPy synthesis, copy to GPU) and the decode-only ceiling, the kernel against a
-    device copy, and the data stall of a TSM training step; on generated Kinetics-like H.264 data
-    (cached). Writes JSON, Markdown and a PNG plot naming the machine and every setting.
+    """Measure, on generated Kinetics-like H.264 (or --data), the steady-state delivered rate of the
+    pipeline against a PyTorch DataLoader baseline (PyAV workers, NumPy synthesis), both in clips/s
+    and in decoded frames/s against the CPU and GPU decode ceilings; the kernel against a device copy;
+    and the data stall of a TSM training step. Writes JSON, Markdown and a PNG naming the machine
+    and every setting.
     """
     import logging
 
     from .bench import BenchSettings, run_bench
+    from .measure import Window
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         dev = _device(device)
-        s = BenchSettings.quick_settings(dev) if quick else BenchSettings(device=dev)
+        s = BenchSettings.defaults(dev, quick=quick)
         for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes)):
             if val:
                 if any(v < 1 for v in val):
@@ -456,15 +461,31 @@ def bench(
             raise UserError(f"--frames must be even (T = 2*tau), got {list(s.frames)}")
         if arch:
             s.arch = arch
-        if count:
-            s.count = count
+        if min_batches is not None or min_seconds is not None:
+            mb = s.window.min_batches if min_batches is None else min_batches
+            ms = s.window.min_seconds if min_seconds is None else min_seconds
+            if mb < 2 or ms < 0:
+                raise UserError(f"--min-batches ({mb}) must be >= 2 and --min-seconds ({ms}) >= 0")
+            s.window = Window(mb, ms, quick=quick or mb < 30 or ms < 10)
+        if nvdec_engines is not None:
+            if nvdec_engines < 1:
+                raise UserError(f"--nvdec-engines ({nvdec_engines}) must be >= 1")
+            s.nvdec_engines = nvdec_engines
+        if data is not None:
+            s.data_dir = str(data)
         result = run_bench(s, out, tag=tag, progress=lambda m: console.print(f"[dim]{m}[/]"))
     except (UserError, ValueError, GPUUnavailableError) as e:
         _fail(str(e))
         return
+    if result["settings"]["window"]["quick"]:
+        out_console.print("[yellow]shortened timing window: these figures are not steady-state[/]")
+    for r in result["rows"]:
+        if r.get("ceiling") and "decoded_frames_per_s" in r:
+            out_console.print(f"{r['row']}: {r['decoded_frames_per_s']:.0f} decoded frames/s ({r['decoder']})")
     for g in result["goals"]:
         v = "n/a" if g["measured"] is None else f"{g['measured']:.3f}"
-        out_console.print(f"{g['goal']}: {v} (goal {g['target']}) {'met' if g['met'] else 'missed'}")
+        op = "<" if g["lower_is_better"] else ">="
+        out_console.print(f"{g['goal']}: {v} (goal {op} {g['target']}) {'met' if g['met'] else 'missed'}")
     out_console.print(f"results: {out}/bench-{tag or (result['device'] + ('-quick' if quick else ''))}.md")
 
 

@@ -32,6 +32,7 @@ from .augment import SpatialConfig, SpatialMode
 from .gpu import autocast as autocast_for
 from .config import SynthesisConfig
 from .index import DatasetIndex
+from .measure import LoopTimer
 
 log = logging.getLogger(__name__)
 
@@ -425,16 +426,17 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             mid_epoch = False
             ddp_model.train()
-            wait = busy = 0.0
-            clips = 0
+            # data-wait and step time over each logging interval; the GPU is synchronized once per
+            # interval (in report()), never per step; on the GPU the data-wait is read from CUDA
+            # events: the device's idle time between one step's work and the next batch
+            timer = LoopTimer(sync=torch.cuda.synchronize if on_gpu else None,
+                              event=(lambda: torch.cuda.Event(enable_timing=True)) if on_gpu else None)
             it = iter(loader)
             while True:
-                t0 = time.perf_counter()
                 try:
-                    batch = next(it)
+                    batch = timer.next_batch(it)
                 except StopIteration:
                     break
-                t1 = time.perf_counter()
                 loss, _ = compute_loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -443,22 +445,16 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                 sched.step()
                 step += 1
                 last_loss = loss.detach()
-                if on_gpu:
-                    torch.cuda.synchronize()  # honest timing: the step is done when the GPU is
-                t2 = time.perf_counter()
-                wait += t1 - t0
-                busy += t2 - t0
-                clips += batch["video"].shape[0] * world
-                if step % cfg.log_every == 0 and is_main:
-                    rec = {"step": step, "epoch": epoch, "batch": loader.position, "loss": float(last_loss),
-                           "lr": sched.get_last_lr()[0], "clips_per_s": clips / max(busy, 1e-9),
-                           "data_wait": wait / max(busy, 1e-9)}
-                    metrics.write(rec)
-                    log.info("epoch %d batch %d/%d step %d loss %.4f lr %.5f %.1f clips/s data-wait %.0f%%",
-                             epoch, loader.position, len(loader), step, rec["loss"], rec["lr"], rec["clips_per_s"],
-                             100 * rec["data_wait"])
-                    wait = busy = 0.0
-                    clips = 0
+                timer.step_done(batch["video"].shape[0] * world)
+                if step % cfg.log_every == 0:
+                    t = timer.report()  # on every rank, so that each rank's interval ends here
+                    if is_main:
+                        rec = {"step": step, "epoch": epoch, "batch": loader.position, "loss": float(last_loss),
+                               "lr": sched.get_last_lr()[0], **t.to_json()}
+                        metrics.write(rec)
+                        log.info("epoch %d batch %d/%d step %d loss %.4f lr %.5f %.1f clips/s data-wait %.0f%% "
+                                 "step %.3f s", epoch, loader.position, len(loader), step, rec["loss"], rec["lr"],
+                                 rec["clips_per_s"], 100 * rec["data_wait"], rec["step_s"])
                 if step % cfg.checkpoint_every == 0:
                     save(last)
                 # the time limit is agreed by all ranks (clocks differ); the config is the same everywhere
