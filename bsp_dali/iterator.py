@@ -175,6 +175,12 @@ class BSPIterator:
         return self.stage.description
 
     @property
+    def depth(self) -> int:
+        """Batches the iterator can hold ready before the consumer asks: the prefetch queue plus
+        what the decode stage keeps in flight (what a benchmark's warm-up must drain)."""
+        return self.prefetch + self.stage.batches_ahead
+
+    @property
     def banned(self) -> dict[int, str]:
         """Video position -> reason, for the files excluded so far."""
         return self.stage.banned

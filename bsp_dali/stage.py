@@ -309,6 +309,15 @@ class DecodeStage:
             return
         yield from self._stream_chunks(epoch, list(batches))
 
+    @property
+    def batches_ahead(self) -> int:
+        """Batches ``stream`` may hold decoded or in flight beyond the one being consumed: a chunk
+        of ``ahead`` batches in each of the ``pipelines`` file-list pipelines, or none when each
+        batch is decoded on demand. A benchmark's warm-up must drain these too."""
+        if self.decoder != "dali" or self.dali_reader is DaliReaderKind.DECODER:
+            return 0
+        return self.pipelines * self.ahead
+
     def _pool_of_readers(self) -> Any:
         if self._pool is None:
             from .nvdec import ReaderPool

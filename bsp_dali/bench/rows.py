@@ -107,7 +107,7 @@ def bench_pipeline(index: DatasetIndex, device: str, batch: int, threads: int, s
 
     def run() -> dict[str, Any]:
         batches = ((it.to_torch(r), r) for r in it.iter_raw())
-        res = steady_rate(batches, lambda b: batch_counts(index, b[1]), warmup=prefetch_warmup(it.prefetch),
+        res = steady_rate(batches, lambda b: batch_counts(index, b[1]), warmup=prefetch_warmup(it.depth),
                           window=window, sync=_sync(device), primary="clips")
         return {"row": "pipeline", "decoder": it.decoder_description, **res.to_json()}
 
@@ -454,7 +454,7 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
         loader = iter(it)
         fixed = next(loader)
         static = timed_loop(itertools.repeat(fixed), step, batch, 3, window, sync, event)
-        fed = timed_loop(loader, step, batch, prefetch_warmup(it.prefetch), window, sync, event)
+        fed = timed_loop(loader, step, batch, prefetch_warmup(it.depth), window, sync, event)
         return {"row": "train-step", "decoder": f"TSM-{arch}", "static_seconds": 1 / static.clips_per_s * batch,
                 "fed_seconds": 1 / fed.clips_per_s * batch, "static_clips_per_s": static.clips_per_s,
                 "clips_per_s": fed.clips_per_s, "stall_fraction": stall_fraction(static.clips_per_s, fed.clips_per_s),
