@@ -427,6 +427,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Small data, one setting and a short timing window: under 2 minutes on 2 CPU cores (a smoke test; its figures are not steady-state)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
     data: Optional[Path] = typer.Option(None, "--data", help="Run every row on this folder (indexed with `bsp-dali index`) instead of generated data."),
+    data_gop: Optional[int] = typer.Option(None, "--data-gop", help="Also run the loaders on a copy of the data re-encoded by `bsp-dali transcode` with a keyframe every N frames (e.g. 16; cached), and compare: decoded frames per clip and clips/s, as given vs transcoded."),
     batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default: GPU 8 16 32, CPU 8 16)."),
     threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores)."),
     frames: Optional[List[int]] = typer.Option(None, "--frames", help="Clip lengths T to sweep, repeatable (default 8 16)."),
@@ -473,6 +474,10 @@ def bench(
             s.nvdec_engines = nvdec_engines
         if data is not None:
             s.data_dir = str(data)
+        if data_gop is not None:
+            if data_gop < 1:
+                raise UserError(f"--data-gop ({data_gop}) must be >= 1")
+            s.data_gop = data_gop
         result = run_bench(s, out, tag=tag, progress=lambda m: console.print(f"[dim]{m}[/]"))
     except (UserError, ValueError, GPUUnavailableError) as e:
         _fail(str(e))

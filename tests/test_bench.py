@@ -234,3 +234,51 @@ def test_kernel_script_quick(tmp_path):
     assert res.returncode == 0, res.stderr
     row = json.loads((tmp_path / "kernel-cpu-quick.json").read_text())["rows"][0]
     assert row["GBps"] > 0 and row["copy_GBps"] > 0
+
+
+def test_goal_evaluation_compares_the_transcoded_copy():
+    common = dict(T=8, size=112, threads=2, batch=8)
+    given, short = "as given", "transcoded GOP 16"
+    rows = [{**common, "row": "pipeline", "data_set": given, "clips_per_s": 30.0, "decoded_frames_per_clip": 150.0,
+             "decoder": "PyAV"},
+            {**common, "row": "baseline", "data_set": given, "clips_per_s": 20.0, "decoded_frames_per_clip": 150.0,
+             "decoder": "pyav in 2 DataLoader workers"},
+            {**common, "row": "pipeline", "data_set": short, "clips_per_s": 120.0, "decoded_frames_per_clip": 25.0,
+             "decoder": "PyAV"},
+            {**common, "row": "baseline", "data_set": short, "clips_per_s": 100.0, "decoded_frames_per_clip": 25.0,
+             "decoder": "pyav in 2 DataLoader workers"}]
+    goals = {g["goal"]: g for g in evaluate_goals(rows, "cpu", (2,))}
+    assert goals["pipeline / PyAV DataLoader (same cores)"]["measured"] == 1.5  # the data as given only
+    assert goals["pipeline / PyAV DataLoader (same cores), transcoded"]["measured"] == pytest.approx(1.2)
+    assert not goals["pipeline / PyAV DataLoader (same cores), transcoded"]["met"]
+    assert goals["decoded frames per clip, as given / transcoded"]["measured"] == 6.0
+    assert goals["pipeline clips/s, transcoded / as given"]["measured"] == 4.0
+    assert all(goals[k]["met"] for k in ("decoded frames per clip, as given / transcoded",
+                                         "pipeline clips/s, transcoded / as given"))
+    # without a transcoded copy there are no such goals
+    assert [g["goal"] for g in evaluate_goals(rows[:2], "cpu", (2,))] == ["pipeline / PyAV DataLoader (same cores)"]
+
+
+def test_quick_bench_with_data_gop_runs_the_loaders_on_a_transcoded_copy(tmp_path, monkeypatch):
+    """--data-gop: the same loaders on a `bsp-dali transcode` copy with a short GOP; the decoded
+    frames per clip fall with the keyframe interval (GOP 75 -> 15 on the quick data)."""
+    monkeypatch.setenv("BSP_DALI_CACHE", str(tmp_path / "cache"))
+    s = BenchSettings.quick_settings("cpu")
+    s.data_gop = 15
+    result = run_bench(s, tmp_path / "out")
+    short = "transcoded GOP 15"
+    assert set(result["data_sets"]) == {"as given", short}
+    sd = result["data_sets"][short]
+    assert sd["videos"] == 6 and sd["gop_frames_mean"] == 15  # 75 frames, keyframes at 0, 15, ..., 60
+    rows = {(r["row"], r.get("data_set")): r for r in result["rows"]}
+    for kind in ("cpu-decode-ceiling", "pipeline", "baseline"):
+        assert (kind, short) in rows and (kind, "as given") in rows
+    assert rows[("pipeline", short)]["ceiling_row"] == f"cpu-decode-ceiling ({short})"
+    given, shorter = rows[("pipeline", "as given")], rows[("pipeline", short)]
+    # a random 8-frame window costs ~(GOP + 8) / 2 decoded frames per source from its keyframe
+    assert given["decoded_frames_per_clip"] > 2 * shorter["decoded_frames_per_clip"]
+    goals = {g["goal"]: g for g in result["goals"]}
+    assert goals["decoded frames per clip, as given / transcoded"]["measured"] == pytest.approx(
+        given["decoded_frames_per_clip"] / shorter["decoded_frames_per_clip"])
+    assert "pipeline / PyAV DataLoader (same cores), transcoded" in goals
+    assert f"Data set '{short}'" in (tmp_path / "out" / "bench-cpu-quick.md").read_text()

@@ -159,6 +159,31 @@ def bench_data(spec: BenchDataSpec, cache: str | os.PathLike | None = None,
     return load_data(base)
 
 
+def transcoded_data(index: DatasetIndex, gop: int, cache: str | os.PathLike | None = None,
+                    workers: int | None = None) -> DatasetIndex:
+    """``index``'s videos re-encoded by ``bsp-dali transcode`` with a keyframe every ``gop`` frames
+    (no B-frames, same size, same frames), indexed: the short-GOP copy the bench compares with the
+    data as given. Cached beside the bench data; a rerun reuses finished outputs (the transcoder
+    checks each one)."""
+    from ..ingest import MANIFEST_NAME, build_index, load_data
+    from ..transcode import TranscodeSettings, transcode_dataset
+
+    if gop < 1:
+        raise ValueError(f"--data-gop ({gop}) must be >= 1")
+    if index.root is None:
+        raise ValueError("the bench data has no root folder to transcode")
+    key = hashlib.sha1(f"{Path(index.root).resolve()}|{gop}".encode()).hexdigest()[:10]
+    base = Path(cache or os.environ.get("BSP_DALI_CACHE", Path.home() / ".cache" / "bsp-dali"))
+    dst = base / f"transcoded-{Path(index.root).name}-gop{gop}-{key}"
+    rep = transcode_dataset(index, dst, TranscodeSettings(gop=gop, keep_size=True), workers=workers)
+    if rep.failed:
+        raise RuntimeError(f"transcoding the bench data to GOP {gop} failed for {len(rep.failed)} video(s): "
+                           + "; ".join(f"{v.src}: {v.reason}" for v in rep.failed[:3]))
+    built = build_index(dst, rep.entries(), min_frames=8).index
+    built.save(dst / MANIFEST_NAME)
+    return load_data(dst)
+
+
 def user_data(folder: str | os.PathLike) -> DatasetIndex:
     """A user's folder indexed with ``bsp-dali index``; a clear error otherwise."""
     from ..ingest import IngestError, load_data
@@ -182,8 +207,8 @@ def describe_data(index: DatasetIndex, spec: BenchDataSpec | None = None) -> dic
     seconds = sum(v.num_frames / v.fps for v in videos)
     total_bytes = sum(v.file_size for v in videos)
     # GOP from the keyframe tables: frames per recorded keyframe (a file with one keyframe counts
-    # its whole length). `bsp-dali index` keeps keyframes >= 32 frames apart, so shorter GOPs
-    # read as 32.
+    # its whole length). `bsp-dali index` keeps keyframes >= 8 frames apart, so shorter GOPs
+    # read as 8.
     gops = [v.num_frames / max(1, len(v.keyframes)) for v in videos]
     sizes = sorted({(v.width, v.height) for v in videos})
     out: dict[str, Any] = {
@@ -200,4 +225,5 @@ def describe_data(index: DatasetIndex, spec: BenchDataSpec | None = None) -> dic
     return out
 
 
-__all__ = ["BenchDataSpec", "QUICK_DATA", "bench_data", "describe_data", "textured_frames", "user_data"]
+__all__ = ["BenchDataSpec", "QUICK_DATA", "bench_data", "describe_data", "textured_frames", "transcoded_data",
+           "user_data"]

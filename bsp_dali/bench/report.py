@@ -40,6 +40,13 @@ def _halves(r: dict[str, Any], key: str) -> str:
     return f"{a:.1f} / {b:.1f}"
 
 
+def _describe(d: dict[str, Any]) -> str:
+    return (f"{d['videos']} videos, {', '.join(d['sizes'])}, {', '.join(d['codecs'])}, "
+            f"{_f(d['bits_per_s'] and d['bits_per_s'] / 1e3, '.0f')} kbit/s, "
+            f"GOP {_f(d['gop_frames_mean'], '.0f')} frames (mean; max {_f(d['gop_frames_max'], '.0f')})"
+            + (" (generated)" if d.get("generated") else f" ({d.get('root')})"))
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, s, d = result["machine"], result["settings"], result["data"]
     quick = s["window"]["quick"]
@@ -54,30 +61,30 @@ def markdown(result: dict[str, Any]) -> str:
               f"Timing: {s['window']['describe']}; rates are delivered quantity / wall time over the window; "
               "halves = rate over the first and second half of the window's batches; spread = |difference| / rate.",
               "",
-              f"Data: {d['videos']} videos, {', '.join(d['sizes'])}, {', '.join(d['codecs'])}, "
-              f"{_f(d['bits_per_s'] and d['bits_per_s'] / 1e3, '.0f')} kbit/s, "
-              f"GOP {_f(d['gop_frames_mean'], '.0f')} frames (mean; max {_f(d['gop_frames_max'], '.0f')})"
-              + (" (generated)" if d.get("generated") else f" ({d.get('root')})"), "",
+              f"Data: {_describe(d)}",
+              *[f"Data set '{name}': {_describe(other)}" for name, other in result.get("data_sets", {}).items()
+                if other is not d], "",
               f"Settings: `{json.dumps({k: v for k, v in s.items() if k != 'window'})}`", "",
               "## Decode ceilings (hardware, not this project's code)", "",
-              "| ceiling | decoder | decoded frames/s | halves | spread | NVDEC % mean / max | GPU % mean / max |",
-              "|---|---|---|---|---|---|---|"]
+              "| ceiling | data | decoder | decoded frames/s | halves | spread | NVDEC % mean / max | GPU % mean / max |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r.get("ceiling"):
             if "error" in r:
-                lines.append(f"| {r['row']} | failed: {r['error']} | | | | | |")
+                lines.append(f"| {r['row']} | {r.get('data_set', '')} | failed: {r['error']} | | | | | |")
                 continue
             nvdec, gpu = _util(r)
-            lines.append(f"| {r['row']} | {r['decoder']} | {r['decoded_frames_per_s']:.0f} | "
+            lines.append(f"| {r['row']} | {r.get('data_set', '')} | {r['decoder']} | {r['decoded_frames_per_s']:.0f} | "
                          f"{_halves(r, 'decoded_frames_per_s')} | {r['spread']:.3f} | {nvdec} | {gpu} |")
     lines += ["", "## Loaders (delivered batches)", "",
-              "| row | decoder | T | size | batch | threads/workers | clips/s | halves | spread | "
+              "| row | data | decoder | T | size | batch | threads/workers | clips/s | halves | spread | "
               "decoded frames/clip | decoded frames/s | / ceiling | NVDEC % | GPU % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r["row"] in ("pipeline", "baseline"):
             nvdec, gpu = _util(r)
-            lines.append(f"| {r['row']} | {r['decoder']} | {r['T']} | {r['size']} | {r['batch']} | {r['threads']} | "
+            lines.append(f"| {r['row']} | {r.get('data_set', '')} | {r['decoder']} | {r['T']} | {r['size']} | "
+                         f"{r['batch']} | {r['threads']} | "
                          f"{r['clips_per_s']:.2f} | {_halves(r, 'clips_per_s')} | {r['spread']:.3f} | "
                          f"{r['decoded_frames_per_clip']:.1f} | {r['decoded_frames_per_s']:.0f} | "
                          f"{_f(r.get('fraction_of_ceiling'), '.3f')} ({r.get('ceiling_row', '-')}) | "
@@ -129,10 +136,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for k, kind in enumerate(kinds):
         vals = [next((r["decoded_frames_per_s"] for r in result["rows"] if r["row"] == kind and r["T"] == T0
                       and r["size"] == S0 and r["batch"] == B and r["threads"] == n
+                      and r.get("data_set", "as given") == "as given"
                       and (kind != "baseline" or r["decoder"].startswith("pyav"))), 0) for B in Bs]
         ax.bar([i + k * width for i in range(len(Bs))], vals, width, label=kind)
     for r, style in ((r, ":" if r["row"].startswith("cpu") else "--") for r in result["rows"]
-                     if r.get("ceiling") and "decoded_frames_per_s" in r):
+                     if r.get("ceiling") and "decoded_frames_per_s" in r
+                     and r.get("data_set", "as given") == "as given"):
         ax.axhline(r["decoded_frames_per_s"], color="k", linestyle=style, linewidth=1, label=r["row"])
     ax.set_xticks([i + width / 2 for i in range(len(Bs))], [str(b) for b in Bs])
     ax.set_xlabel("batch size")

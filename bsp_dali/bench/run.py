@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import SynthesisConfig
 from ..measure import QUICK, STEADY, Window, nvml_sampler
-from .data import QUICK_DATA, BenchDataSpec, bench_data, describe_data, user_data
+from .data import QUICK_DATA, BenchDataSpec, bench_data, describe_data, transcoded_data, user_data
 from .machine import describe_machine
 from .report import write_results
 from .rows import (bench_baseline, bench_cpu_ceiling, bench_gpu_ceiling, bench_kernel, bench_pipeline,
@@ -42,6 +42,7 @@ class BenchSettings:
     data: BenchDataSpec = field(default_factory=BenchDataSpec)
     data_dir: str | None = None  # a user's indexed folder instead of generated data
     nvdec_engines: int = NVDEC_ENGINES
+    data_gop: int | None = None  # also run the loaders on a `bsp-dali transcode` copy with this GOP
 
     @classmethod
     def defaults(cls, device: str = "auto", quick: bool = False) -> "BenchSettings":
@@ -76,6 +77,14 @@ GOALS = {
             Goal("train-step stall fraction", 0.05, lower_is_better=True)],
     "cpu": [Goal("pipeline / PyAV DataLoader (same cores)", 1.5)],
 }
+# With --data-gop: the same loaders on the transcoded copy (issue 13: transcode; 12 and 14: both data sets).
+TRANSCODED_GOALS = {
+    "gpu": [Goal("pipeline clips/s, transcoded", 1000.0)],
+    "cpu": [Goal("pipeline / PyAV DataLoader (same cores), transcoded", 1.5)],
+}
+COMPARISON_GOALS = [Goal("decoded frames per clip, as given / transcoded", 5.0),
+                    Goal("pipeline clips/s, transcoded / as given", 3.0)]
+AS_GIVEN = "as given"
 
 
 def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None = None,
@@ -100,37 +109,27 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None =
     rows: list[dict[str, Any]] = []
 
     say(f"CPU decode ceiling: PyAV, whole files, {cores} processes")
-    rows.append(bench_cpu_ceiling(index, cores, settings.window))
+    rows.append({**bench_cpu_ceiling(index, cores, settings.window), "data_set": AS_GIVEN})
     if device == "gpu":
         say(f"GPU decode ceiling: DALI video reader, whole files, {settings.nvdec_engines} pipelines")
         try:
-            rows.append(bench_gpu_ceiling(index, settings.nvdec_engines, settings.window, sampler))
+            rows.append({**bench_gpu_ceiling(index, settings.nvdec_engines, settings.window, sampler),
+                         "data_set": AS_GIVEN})
         except (GPUUnavailableError, RuntimeError) as e:  # a missing ceiling must not end the run
             log.warning("GPU decode ceiling failed: %s", e)
             rows.append({"row": "gpu-decode-ceiling", "ceiling": True, "error": str(e).splitlines()[0]})
 
     T0, S0 = settings.frames[0], settings.sizes[0]
-    for T in settings.frames:
-        for size in settings.sizes:
-            syn = SynthesisConfig(tau=T // 2)
-            for B in settings.batch_sizes:
-                for n in threads:
-                    if (T, size) != (T0, S0) and (B, n) != (settings.batch_sizes[0], threads[-1]):
-                        continue  # full grid on the first (T, size) only; one point elsewhere
-                    common = dict(T=T, size=size, batch=B, threads=n)
-                    say(f"pipeline / baseline: T={T} size={size} batch={B} threads={n}")
-                    rows.append({**common, **bench_pipeline(index, device, B, n, syn, size, settings.window,
-                                                            sampler=sampler)})
-                    rows.append({**common, **bench_baseline(index, device, B, n, syn, size, settings.window,
-                                                            sampler=sampler)})
-                    for dec in ("decord", "torchcodec"):
-                        if _importable(dec) and (T, size, n) == (T0, S0, threads[-1]):
-                            try:
-                                rows.append({**common, **bench_baseline(index, device, B, n, syn, size,
-                                                                        settings.window, decoder=dec,
-                                                                        sampler=sampler)})
-                            except Exception as e:  # noqa: BLE001 - an optional baseline must not end the run
-                                log.warning("baseline with %s failed: %s", dec, e)
+    data_sets = {AS_GIVEN: data}
+    rows += loader_rows(index, device, settings, threads, AS_GIVEN, sampler, say)
+    if settings.data_gop:
+        say(f"transcoding the data to GOP {settings.data_gop} (bsp-dali transcode, cached)")
+        short = transcoded_data(index, settings.data_gop, workers=cores)
+        name = f"transcoded GOP {settings.data_gop}"
+        data_sets[name] = describe_data(short)
+        say(f"CPU decode ceiling on the {name} copy")
+        rows.append({**bench_cpu_ceiling(short, cores, settings.window), "data_set": name})
+        rows += loader_rows(short, device, settings, threads, name, sampler, say, first_only=True)
     say("kernel vs copy")
     kB = settings.batch_sizes[-1]
     kS = S0 if settings.quick else 224
@@ -146,11 +145,44 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None =
     result = {
         "benchmark": "bsp-dali bench", "schema": 2, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "device": device, "machine": describe_machine(), "settings": settings_json(settings, threads),
-        "data": data, "rows": rows, "cpu_stage_profile": profile, "goals": evaluate_goals(rows, device, threads),
+        "data": data, "data_sets": data_sets, "rows": rows, "cpu_stage_profile": profile, "goals": evaluate_goals(rows, device, threads),
     }
     check_sane(result)
     write_results(result, Path(out), tag or (device + ("-quick" if settings.quick else "")))
     return result
+
+
+def loader_rows(index: Any, device: str, settings: BenchSettings, threads: Sequence[int], data_set: str,
+                sampler: Any, say: Callable[[str], None], first_only: bool = False) -> list[dict[str, Any]]:
+    """Pipeline and baseline rows over the grid: every batch size x thread count at the first clip
+    length and size, one point at the others (``first_only``: the first clip length and size only).
+    Each row names its ``data_set``."""
+    rows: list[dict[str, Any]] = []
+    T0, S0 = settings.frames[0], settings.sizes[0]
+    for T in settings.frames:
+        for size in settings.sizes:
+            if first_only and (T, size) != (T0, S0):
+                continue
+            syn = SynthesisConfig(tau=T // 2)
+            for B in settings.batch_sizes:
+                for n in threads:
+                    if (T, size) != (T0, S0) and (B, n) != (settings.batch_sizes[0], threads[-1]):
+                        continue  # full grid on the first (T, size) only; one point elsewhere
+                    common = dict(T=T, size=size, batch=B, threads=n, data_set=data_set)
+                    say(f"pipeline / baseline ({data_set}): T={T} size={size} batch={B} threads={n}")
+                    rows.append({**common, **bench_pipeline(index, device, B, n, syn, size, settings.window,
+                                                            sampler=sampler)})
+                    rows.append({**common, **bench_baseline(index, device, B, n, syn, size, settings.window,
+                                                            sampler=sampler)})
+                    for dec in ("decord", "torchcodec"):
+                        if _importable(dec) and (T, size, n) == (T0, S0, threads[-1]) and data_set == AS_GIVEN:
+                            try:
+                                rows.append({**common, **bench_baseline(index, device, B, n, syn, size,
+                                                                        settings.window, decoder=dec,
+                                                                        sampler=sampler)})
+                            except Exception as e:  # noqa: BLE001 - an optional baseline must not end the run
+                                log.warning("baseline with %s failed: %s", dec, e)
+    return rows
 
 
 def _importable(name: str) -> bool:
@@ -163,15 +195,17 @@ def _importable(name: str) -> bool:
 
 def attach_ceilings(rows: list[dict[str, Any]], device: str) -> None:
     """Each loader row's decoded frames/s as a fraction of the ceiling of the decoder it uses:
-    the GPU ceiling for the GPU pipeline, the CPU ceiling for everything that decodes on the CPU."""
-    ceilings = {r["row"]: r for r in rows if r.get("ceiling") and "decoded_frames_per_s" in r}
+    the GPU ceiling for the GPU pipeline, the CPU ceiling for everything that decodes on the CPU;
+    the ceiling measured on the row's own data set, else the one on the data as given."""
+    ceilings = {(r["row"], r.get("data_set", AS_GIVEN)): r for r in rows
+                if r.get("ceiling") and "decoded_frames_per_s" in r}
     for r in rows:
         if r["row"] not in ("pipeline", "baseline") or "decoded_frames_per_s" not in r:
             continue
         name = "gpu-decode-ceiling" if (r["row"] == "pipeline" and device == "gpu") else "cpu-decode-ceiling"
-        c = ceilings.get(name)
-        r["ceiling_row"] = name
-        r["fraction_of_ceiling"] = r["decoded_frames_per_s"] / c["decoded_frames_per_s"] if c else None
+        key = next((k for k in ((name, r.get("data_set", AS_GIVEN)), (name, AS_GIVEN)) if k in ceilings), None)
+        r["ceiling_row"] = name if key is None or key[1] == AS_GIVEN else f"{name} ({key[1]})"
+        r["fraction_of_ceiling"] = r["decoded_frames_per_s"] / ceilings[key]["decoded_frames_per_s"] if key else None
 
 
 def settings_json(s: BenchSettings, threads: Sequence[int]) -> dict[str, Any]:
@@ -186,28 +220,43 @@ def settings_json(s: BenchSettings, threads: Sequence[int]) -> dict[str, Any]:
 
 def evaluate_goals(rows: list[dict[str, Any]], device: str, threads: Sequence[int]) -> list[dict[str, Any]]:
     """Each goal measured against the rows: best batch size at all cores (``threads[-1]``), at the
-    first clip length and size of the grid, against the PyAV baseline."""
+    first clip length and size of the grid, against the PyAV baseline; on the data as given, and
+    (when the bench ran with ``--data-gop``) on the transcoded copy and between the two."""
     n = threads[-1]
     first = next((r for r in rows if r["row"] == "pipeline"), None)
 
-    def best(kind: str) -> dict[str, Any] | None:
+    def best(kind: str, data_set: str) -> dict[str, Any] | None:
         cands = [r for r in rows if r["row"] == kind and r.get("threads") == n and "clips_per_s" in r
+                 and r.get("data_set", AS_GIVEN) == data_set
                  and (first is None or (r.get("T"), r.get("size")) == (first.get("T"), first.get("size")))
                  and (kind != "baseline" or r["decoder"].startswith("pyav"))]
         return max(cands, key=lambda r: r["clips_per_s"]) if cands else None
 
-    pipe, base = best("pipeline"), best("baseline")
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "clips_per_s") -> float | None:
+        return a[key] / b[key] if a and b and b.get(key) else None
+
+    pipe, base = best("pipeline", AS_GIVEN), best("baseline", AS_GIVEN)
     train = next((r for r in rows if r["row"] == "train-step"), {})
-    ratio = pipe["clips_per_s"] / base["clips_per_s"] if pipe and base else None
     measured = {
         "pipeline clips/s": pipe["clips_per_s"] if pipe else None,
-        "pipeline / PyAV DataLoader (all cores)": ratio,
-        "pipeline / PyAV DataLoader (same cores)": ratio,
+        "pipeline / PyAV DataLoader (all cores)": ratio(pipe, base),
+        "pipeline / PyAV DataLoader (same cores)": ratio(pipe, base),
         "NVDEC utilization during the pipeline (mean %)": (pipe or {}).get("utilization", {}).get("nvdec_mean"),
         "train-step stall fraction": train.get("stall_fraction"),
     }
+    goals = list(GOALS[device])
+    short = next((r["data_set"] for r in rows if r.get("data_set", AS_GIVEN) != AS_GIVEN), None)
+    if short is not None:
+        spipe, sbase = best("pipeline", short), best("baseline", short)
+        measured |= {
+            "pipeline clips/s, transcoded": spipe["clips_per_s"] if spipe else None,
+            "pipeline / PyAV DataLoader (same cores), transcoded": ratio(spipe, sbase),
+            "decoded frames per clip, as given / transcoded": ratio(pipe, spipe, "decoded_frames_per_clip"),
+            "pipeline clips/s, transcoded / as given": ratio(spipe, pipe),
+        }
+        goals += TRANSCODED_GOALS[device] + COMPARISON_GOALS
     return [{"goal": g.name, "target": g.target, "lower_is_better": g.lower_is_better, "measured": measured[g.name],
-             "met": g.met(measured[g.name])} for g in GOALS[device]]
+             "met": g.met(measured[g.name])} for g in goals]
 
 
 def check_sane(result: dict[str, Any]) -> None:
@@ -221,5 +270,5 @@ def check_sane(result: dict[str, Any]) -> None:
                 raise RuntimeError(f"benchmark row {r['row']} has an insane half of {k}: {a}, {b}")
 
 
-__all__ = ["BenchSettings", "GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
+__all__ = ["AS_GIVEN", "BenchSettings", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
            "run_bench", "settings_json"]
