@@ -77,9 +77,9 @@ def atomic_save(obj: Any, path: Path) -> int:
         if e.errno in NO_SPACE:
             free = shutil.disk_usage(path.parent).free
             raise CheckpointWriteError(e.errno, (
-                f"no space left on the disk of {path.parent} to write checkpoint {path.name}: it needs "
-                f"{_mib(len(data))}, {_mib(free)} is free. The last checkpoint written is kept; free some "
-                "space (or use another --out) and run the same command to resume")) from None
+                f"no space left to write checkpoint {path}: it needs {_mib(len(data))}, its disk has "
+                f"{_mib(free)} free. The previous checkpoint is kept; free some space (or use another --out) "
+                "and run the same command to resume")) from None
         raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
     except BaseException:  # Ctrl-C during the write: no half file either
         tmp.unlink(missing_ok=True)

@@ -389,7 +389,7 @@ def train_cmd(
     """
     import logging
 
-    from .checkpointer import CheckpointWriteError
+    from .checkpointer import NO_SPACE, CheckpointWriteError
     from .distributed import WorkerFailed
     from .ingest import IngestError
     from .iterator import DecodeFailures
@@ -411,6 +411,11 @@ def train_cmd(
             console.print(e.message, style="yellow", markup=False)
         raise typer.Exit(130)
     except CheckpointWriteError as e:
+        _fail(str(e), code=3)
+        return
+    except OSError as e:  # a full disk while writing the run's other files: one line naming the file
+        if e.errno not in NO_SPACE:
+            raise
         _fail(str(e), code=3)
         return
     except (UserError, ValueError, IngestError, PlanningError, GPUUnavailableError, DecodeFailures,
