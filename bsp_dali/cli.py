@@ -122,7 +122,13 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
+def _is_enum_list(tp: Any) -> bool:
+    """A repeatable option of names (``tuple[BoundaryType, ...]``), which may also be comma separated."""
+    return any(isinstance(a, type) and issubclass(a, enum.Enum) for a in typing.get_args(tp))
+
+
 def _from_cli(value: Any, enum_list: bool) -> Any:
+    """An option's value as the config dataclass takes it."""
     if enum_list:  # --types diff_class,same_speed or --types diff_class --types same_speed
         return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
     return list(value) if isinstance(value, (tuple, list)) else value
@@ -148,9 +154,7 @@ def config_options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..
                 param = f"{group}__{f.name}"
                 params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=option,
                                                 annotation=annotation))
-                args = typing.get_args(field_types[f.name])
-                enum_list = any(isinstance(a, type) and issubclass(a, enum.Enum) for a in args)
-                generated[param] = (group, f.name, enum_list)
+                generated[param] = (group, f.name, _is_enum_list(field_types[f.name]))
         params.append(inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(fn)

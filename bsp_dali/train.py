@@ -158,6 +158,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint, self.checkpoint_step, self.rank = step, checkpoint, checkpoint_step, rank
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.step, self.checkpoint, self.checkpoint_step, self.rank)
+
     @property
     def message(self) -> str:
         at = "interrupted" + (f" at step {self.step}" if self.step is not None else "")

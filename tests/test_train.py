@@ -294,3 +294,19 @@ def test_a_full_disk_is_one_error_and_keeps_the_last_checkpoint(tmp_path, bsp_ru
         assert (out / "checkpoints" / "last.pt").read_bytes() == before
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+def test_the_interrupt_line_in_each_case():
+    import pickle
+
+    from bsp_dali.train import TrainingInterrupted
+
+    last = Path("runs/bsp/checkpoints/last.pt")
+    assert TrainingInterrupted(57, last, 50).message == \
+        f"interrupted at step 57; the last checkpoint is {last} (step 50): run the same command to resume from it"
+    assert TrainingInterrupted(3, None, None).message == \
+        "interrupted at step 3, before the first checkpoint: the same command starts the run over"
+    assert TrainingInterrupted(None, last, None).message == \
+        f"interrupted; the last checkpoint is {last}: run the same command to resume from it"
+    again = pickle.loads(pickle.dumps(TrainingInterrupted(57, last, 50, rank=3)))
+    assert isinstance(again, KeyboardInterrupt) and (again.step, again.checkpoint, again.rank) == (57, last, 3)
