@@ -378,10 +378,11 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     autocast = autocast_for("gpu" if on_gpu else "cpu")
 
     # ---- resume: where the checkpoint left the main stream is where this run goes on
-    ckpt = Checkpointer(out, d, model=model, optimizer=opt, scheduler=sched, loaders=loaders, trust=cfg.trust_checkpoint,
-                        meta={"config": {**cfg.to_dict(), "model": {
-                            "arch": cfg.arch, "num_frames": cfg.synthesis.T, "fold_div": 8,
-                            "num_actions": index.num_classes, "task": cfg.task}}, "classes": list(index.classes)})
+    model_cfg = {"arch": cfg.arch, "num_frames": cfg.synthesis.T, "fold_div": 8, "num_actions": index.num_classes,
+                 "task": cfg.task}
+    ckpt = Checkpointer(out, d, model=model, optimizer=opt, scheduler=sched, loaders=loaders,
+                        meta={"config": {**cfg.to_dict(), "model": model_cfg}, "classes": list(index.classes)},
+                        trust=cfg.trust_checkpoint)
     step = ckpt.resume() if cfg.resume else 0
     epoch, mid_epoch = loader.epoch, 0 < loader.position < len(loader)
     if loader.position >= len(loader):  # saved at an epoch's end
