@@ -17,7 +17,6 @@ epoch end; validate at each epoch end. Ctrl-C stops it with :class:`TrainingInte
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .augment import SpatialConfig, SpatialMode
 from .checkpointer import Checkpointer, last_checkpoint, seed_everything
@@ -389,6 +388,7 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         epoch += 1
 
     metrics = _Metrics(out, is_main)
+    ctrl_c = _CtrlC()
     t_start = time.time()
     summary: dict[str, Any] = {}
     stop = False
@@ -460,19 +460,21 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                        "checkpoint": str(ckpt.last), "failures": loader.failures}
             if stop:
                 break
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not (isinstance(e, KeyboardInterrupt) or ctrl_c.seen):
+            raise
         # Ctrl-C reaches every process of the job at once: no checkpoint now (the other ranks may
         # be gone); the last one stands, and the same command resumes from it
-        with _sigint_ignored():
-            stopped = TrainingInterrupted(step, ckpt.last if ckpt.saved_step is not None else None, ckpt.saved_step,
-                                          d.rank)
-            if is_main:
-                (out / "summary.json").write_text(json.dumps({
-                    "interrupted": True, "step": step, "checkpoint": stopped.checkpoint and str(stopped.checkpoint),
-                    "checkpoint_step": ckpt.saved_step, "minutes": (time.time() - t_start) / 60}, indent=1))
-            _close(metrics, loaders)
+        ctrl_c.ignore_more()  # the launcher passes the same Ctrl-C on to its workers
+        stopped = TrainingInterrupted(step, ckpt.last if ckpt.saved_step is not None else None, ckpt.saved_step,
+                                      d.rank)
+        if is_main:
+            (out / "summary.json").write_text(json.dumps({
+                "interrupted": True, "step": step, "checkpoint": stopped.checkpoint and str(stopped.checkpoint),
+                "checkpoint_step": ckpt.saved_step, "minutes": (time.time() - t_start) / 60}, indent=1))
         raise stopped from None
     finally:
+        ctrl_c.restore()
         _close(metrics, loaders)
     # a fingerprint of the weights on every rank: DDP keeps them identical, and the summary shows it
     summary["weight_fingerprints"] = gather_objects(weight_fingerprint(model), d)
@@ -537,14 +539,28 @@ def _close(metrics: _Metrics, loaders: dict[str, Any]) -> None:
         ldr.close()
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Let an interrupted run clean up: the launcher passes Ctrl-C on to workers that already got it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+class _CtrlC:
+    """Notes a Ctrl-C, then raises KeyboardInterrupt as Python does: the error it causes elsewhere
+    (a collective whose peer stopped first) is then known to be the interrupt too."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: Any = signal.getsignal(signal.SIGINT)
+        # only the main thread may set handlers; a process told to ignore Ctrl-C goes on ignoring it
+        self.installed = threading.current_thread() is threading.main_thread() and self.previous is not signal.SIG_IGN
+        if self.installed:
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def ignore_more(self) -> None:
+        """Ignore further Ctrl-C while the interrupted run cleans up (until :meth:`restore`)."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False

@@ -2,6 +2,8 @@
 losses of bsp_models written out by hand; and a task added from outside trains through run_worker
 unchanged."""
 
+import signal
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,6 +152,7 @@ def test_a_task_registered_from_outside_trains_through_run_worker(tmp_path, kine
         def metric(self, cfg, num_actions, device):
             return Accuracy("bsp", "logits", cfg.synthesis.num_classes, device)
 
+    handler = signal.getsignal(signal.SIGINT)
     try:
         cfg = TrainConfig(data=str(kinetics_h264), out=str(tmp_path / "run"), task="frozen-probe", arch="resnet18",
                           size=32, batch_size=2, epoch_size=4, epochs=1, max_steps=2, gpus=0, threads=1,
@@ -159,6 +162,7 @@ def test_a_task_registered_from_outside_trains_through_run_worker(tmp_path, kine
         summary = run_worker(cfg.to_dict())
     finally:
         del TASKS["frozen-probe"]
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C handling is the caller's again
     assert summary["step"] == 2 and calls == [["bsp"], ["bsp"]]
     assert summary["validation"]["val_clips"] == 4 and len(summary["validation"]["confusion"]) == 3
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
