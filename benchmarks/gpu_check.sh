@@ -50,6 +50,6 @@ $py -m bsp_dali extract /tmp/gpu-check-data --checkpoint /tmp/gpu-run/checkpoint
 if [ "${1:-}" = quick ]; then
   $py -m bsp_dali bench --quick --device gpu --out "$OUT" --tag gpu-quick 2>&1 | tee "$OUT/bench.log"
 else
-  $py -m bsp_dali bench --device gpu --batch-size 8 --batch-size 32 --frames 8 --size 224 --count 10 \
+  $py -m bsp_dali bench --device gpu --batch-size 8 --batch-size 32 --frames 8 --size 224 \
       --out "$OUT" --tag gpu 2>&1 | tee "$OUT/bench.log"
 fi

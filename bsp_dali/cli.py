@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
+import inspect
 import json
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import SynthesisConfig, parse_types
+from .config import SynthesisConfig
 from .gpu import GPUUnavailableError, cuda_available, resolve_device
+from .train import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -37,36 +44,27 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _synthesis_config(config: Optional[Path], tau: Optional[int], eps: Optional[Tuple[int, int]],
-                      gamma: Optional[List[float]], t_range: Optional[Tuple[int, int]], stride: Optional[int],
-                      types: Optional[List[str]], probs: Optional[List[float]]) -> SynthesisConfig:
-    data: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise UserError(f"config file {config} does not exist")
-        try:
-            loaded = json.loads(config.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"config file {config} is not valid JSON: {e}") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"config file {config} must hold a JSON object")
-        sectioned = any(k in loaded for k in ("synthesis", "train"))
-        data.update(loaded.get("synthesis", {}) if sectioned else loaded)
-    if tau is not None:
-        data["tau"] = tau
-    if eps:
-        data["eps_range"] = list(eps)
-    if gamma:
-        data["gammas"] = gamma
-    if t_range:
-        data["t_range"] = list(t_range)
-    if stride is not None:
-        data["stride"] = stride
-    if types:
-        data["types"] = [t.key for t in parse_types(types)]
-    if probs:
-        data["probs"] = probs
-    return SynthesisConfig.from_dict(data)
+def _read_config(config: Optional[Path]) -> dict[str, Any]:
+    """The JSON object of a --config file ({} without one)."""
+    if config is None:
+        return {}
+    if not config.is_file():
+        raise UserError(f"config file {config} does not exist")
+    try:
+        loaded = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {config} is not valid JSON: {e}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {config} must hold a JSON object")
+    return loaded
+
+
+def _synthesis_config(config: Optional[Path], given: dict[str, Any]) -> SynthesisConfig:
+    """The --config file's synthesis settings (its "synthesis" section, or the whole file when it
+    has no sections), overridden by the options ``given`` on the command line."""
+    loaded = _read_config(config)
+    sectioned = any(k in loaded for k in ("synthesis", "train"))
+    return SynthesisConfig.from_dict({**(loaded.get("synthesis", {}) if sectioned else loaded), **given})
 
 
 def _device(device: str) -> str:
@@ -76,19 +74,107 @@ def _device(device: str) -> str:
         raise UserError(f"--device: {e}") from None
 
 
-# Options shared by commands that synthesize.
-OPT_CONFIG = typer.Option(None, "--config", help="JSON file of synthesis settings (CLI options override it).")
-OPT_TAU = typer.Option(None, "--tau", help="Half clip length: clips have T = 2*tau frames (default 4).")
-OPT_EPS = typer.Option(None, "--eps", help="diff_class transition half-width range, two values MIN MAX (default 1 2).")
-OPT_GAMMA = typer.Option(None, "--gamma", help="diff_speed factor, repeatable (default 0.5 and 2.0).")
-OPT_T = typer.Option(None, "--t-range", help="diff_speed change-point range, two values MIN MAX (default 2 T-2).")
-OPT_STRIDE = typer.Option(None, "--stride", help="Source frame stride d (default 1).")
-OPT_TYPES = typer.Option(None, "--types", help="Enabled boundary types, comma separated (default all four).")
-OPT_PROBS = typer.Option(None, "--probs", help="Type probabilities, one per enabled type, repeatable.")
+# ---------------------------------------------------------------------------------- options from configs
+# A config dataclass declares each setting once, with its help text and its flag
+# (bsp_dali.config.setting); the commands below take their options from those declarations.
+OPT_CONFIG = typer.Option(None, "--config", help="JSON file of settings (CLI options override it).")
+
+
+def _cli_type(tp: Any) -> Any:
+    """What typer parses for a field of type ``tp``: a fixed-length tuple is an option of that many
+    values, a variable-length tuple a repeatable option, an enum its name; ``| None`` is dropped."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        (tp,) = [a for a in args if a is not type(None)]
+        return _cli_type(tp)
+    if typing.get_origin(tp) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return List[_cli_type(args[0])]
+        return Tuple[tuple(_cli_type(a) for a in args)]
+    return str if isinstance(tp, type) and issubclass(tp, enum.Enum) else tp
+
+
+def _cli_value(value: Any) -> Any:
+    """A config value as the command line writes it (enum members by name, tuples as lists)."""
+    if isinstance(value, enum.Enum):
+        return getattr(value, "key", value.value)
+    if isinstance(value, (tuple, list)):
+        return [_cli_value(v) for v in value]
+    return value
+
+
+def _option(cls: type, name: str, panel: Optional[str] = None) -> tuple[Any, Any]:
+    """(annotation, typer.Option) of the option that the field ``name`` of ``cls`` declares."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    tp = _cli_type(typing.get_type_hints(cls)[name])
+    default = _cli_value(default)
+    if typing.get_origin(tp) is tuple and default is not None:
+        default = tuple(default)
+    option = typer.Option(default, f.metadata["flag"], help=f.metadata["help"], metavar=f.metadata["metavar"],
+                          rich_help_panel=panel)
+    return Optional[tp], option
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` was written on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _is_enum_list(tp: Any) -> bool:
+    """A repeatable option of names (``tuple[BoundaryType, ...]``), which may also be comma separated."""
+    return any(isinstance(a, type) and issubclass(a, enum.Enum) for a in typing.get_args(tp))
+
+
+def _from_cli(value: Any, enum_list: bool) -> Any:
+    """An option's value as the config dataclass takes it."""
+    if enum_list:  # --types diff_class,same_speed or --types diff_class --types same_speed
+        return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def config_options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field with a flag in each config dataclass of ``groups``
+    (``synthesis=SynthesisConfig``). The command receives, as the keyword argument of each group,
+    a dict of the settings written on the command line (``synthesis={"tau": 2}``): a default
+    stays with the dataclass, so a --config file can set what the command line does not."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation))
+                  for p in inspect.signature(fn).parameters.values() if p.name not in groups]
+        generated: dict[str, tuple[str, str, bool]] = {}  # parameter -> (group, field, enum list?)
+        for group, cls in groups.items():
+            field_types = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if not f.metadata.get("flag"):
+                    continue
+                annotation, option = _option(cls, f.name, panel=f"{group.capitalize()} settings")
+                param = f"{group}__{f.name}"
+                params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                annotation=annotation))
+                generated[param] = (group, f.name, _is_enum_list(field_types[f.name]))
+        params.append(inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+        @functools.wraps(fn)
+        def command(*args: Any, _ctx: typer.Context, **kwargs: Any) -> Any:
+            given: dict[str, dict[str, Any]] = {group: {} for group in groups}
+            for param, (group, name, enum_list) in generated.items():
+                value = kwargs.pop(param)
+                if _given(_ctx, param):
+                    given[group][name] = _from_cli(value, enum_list)
+            return fn(*args, **kwargs, **given)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
 # Checkpoints are read weights-only; this is the one way to unpickle a refused file in full.
-OPT_TRUST = typer.Option(False, "--trust-checkpoint",
-                         help="Unpickle in full the checkpoints a weights-only load refuses: this runs any code "
-                              "they hold, so use it only for files you trust.")
+OPT_TRUST = _option(TrainConfig, "trust_checkpoint")[1]
 
 
 def _warn_trust() -> None:
@@ -238,6 +324,7 @@ def transcode(
 
 
 @app.command()
+@config_options(synthesis=SynthesisConfig)
 def preview(
     data: Optional[Path] = typer.Argument(None, help="A manifest, or a folder indexed with `bsp-dali index` (default: the built-in demo set)."),
     out: Path = typer.Option(Path("preview"), "--out", help="Output folder."),
@@ -250,10 +337,8 @@ def preview(
     decoder: str = typer.Option("auto", "--decoder", help="auto, dali or pyav (CPU decoding of H.264 always uses PyAV)."),
     gif: bool = typer.Option(False, "--gif", help="Also write an animated GIF per sample."),
     demo_classes: int = typer.Option(4, "--demo-classes", help="Classes of the built-in demo set."),
-    config: Optional[Path] = OPT_CONFIG, tau: Optional[int] = OPT_TAU, eps: Optional[Tuple[int, int]] = OPT_EPS,
-    gamma: Optional[List[float]] = OPT_GAMMA, t_range: Optional[Tuple[int, int]] = OPT_T,
-    stride: Optional[int] = OPT_STRIDE, types: Optional[List[str]] = OPT_TYPES,
-    probs: Optional[List[float]] = OPT_PROBS,
+    config: Optional[Path] = OPT_CONFIG,
+    *, synthesis: dict[str, Any],
 ) -> None:
     """Synthesize a few samples and write grid.png, samples.jsonl and clips/*.npy (uint8 T,H,W,3)
     to --out.
@@ -273,7 +358,7 @@ def preview(
         h, w = size if size else ((64, 64) if data is None else (112, 112))
         if h < 2 or w < 2:
             raise UserError(f"--size ({h} {w}) must be at least 2 2")
-        cfg = _synthesis_config(config, tau, eps, gamma, t_range, stride, types, probs)
+        cfg = _synthesis_config(config, synthesis)
         dev = _device(device)
         idx = demo_index(num_classes=demo_classes, size=(h, w)) if data is None else load_data(data)
         spatial = SpatialConfig(size=(h, w), mode=SpatialMode.TRAIN if augment else SpatialMode.RESIZE)
@@ -292,83 +377,53 @@ def preview(
 
 
 @app.command("train")
+@config_options(train=TrainConfig, synthesis=SynthesisConfig)
 def train_cmd(
     data: Path = typer.Argument(..., help="A manifest, or a folder indexed with `bsp-dali index`."),
-    out: Path = typer.Option(Path("runs/bsp"), "--out", help="Run folder: checkpoints/, metrics.jsonl, summary.json."),
-    task: str = typer.Option("bsp", "--task", help="bsp (4-way boundary), action, regression, two-head or distill."),
-    arch: str = typer.Option("resnet50", "--arch", help="TSM backbone: resnet18, resnet34 or resnet50."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPU processes on this node (default: all visible; 0: CPU)."),
-    nproc: int = typer.Option(1, "--nproc", help="CPU processes (gloo) when --gpus 0."),
-    nnodes: int = typer.Option(1, "--nnodes", help="Nodes in the job (run the same command on each)."),
-    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1."),
-    rdzv_endpoint: str = typer.Option("127.0.0.1:29500", "--rdzv-endpoint", help="host:port of node 0, reachable from every node."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 30)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips per process (default 8)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for a global batch of 64 (default 0.01), scaled linearly."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default 1e-4, not on BatchNorm/bias."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or step."),
-    size: Optional[int] = typer.Option(None, "--size", help="Crop size (default 224)."),
-    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", help="Clips per epoch over all ranks (default: number of videos)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much time."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default 500)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.pt when it exists."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="torchvision ImageNet ResNet weights (local .pth or .safetensors)."),
-    tsm_checkpoint: Optional[Path] = typer.Option(None, "--tsm-checkpoint", help="Official TSM checkpoint (local .pth or .safetensors)."),
-    teacher_vanilla: Optional[Path] = typer.Option(None, "--teacher-vanilla", help="distill: vanilla encoder checkpoint."),
-    teacher_bsp: Optional[Path] = typer.Option(None, "--teacher-bsp", help="distill: BSP encoder checkpoint."),
-    trust_checkpoint: bool = OPT_TRUST,
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Decode threads per process (CPU: PyAV decode worker processes, default one per core)."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="torch deterministic algorithms (for tests)."),
-    config: Optional[Path] = OPT_CONFIG, tau: Optional[int] = OPT_TAU, eps: Optional[Tuple[int, int]] = OPT_EPS,
-    gamma: Optional[List[float]] = OPT_GAMMA, t_range: Optional[Tuple[int, int]] = OPT_T,
-    stride: Optional[int] = OPT_STRIDE, types: Optional[List[str]] = OPT_TYPES,
-    probs: Optional[List[float]] = OPT_PROBS,
+    config: Optional[Path] = OPT_CONFIG,
+    *, train: dict[str, Any], synthesis: dict[str, Any],
 ) -> None:
     """Pre-train a TSM encoder on synthesized boundaries (or the action/two-head/distill variants).
 
     Defaults follow TSM and the BSP paper (docs/training.md). A JSON --config may hold a "train"
-    section (these option names, with underscores) and a "synthesis" section; options override it.
-    Killing a run loses at most the steps since the last checkpoint; run it again to resume.
-    Every checkpoint is read weights-only (no code runs); see --trust-checkpoint.
+    section (every TrainConfig field of bsp_dali/train.py, these option names with underscores) and
+    a "synthesis" section; options override it. Killing a run loses at most the steps since the last
+    checkpoint; Ctrl-C stops it, and running the same command again resumes. Every checkpoint is
+    read weights-only (no code runs); see --trust-checkpoint.
     """
     import logging
 
+    from .checkpointer import NO_SPACE, CheckpointWriteError
+    from .distributed import WorkerFailed
     from .ingest import IngestError
     from .iterator import DecodeFailures
     from .planner import PlanningError
-    from .train import TrainConfig, train
+    from .train import TrainingInterrupted, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        base: dict[str, Any] = {}
-        if config is not None and config.is_file():
-            try:
-                base = dict(json.loads(config.read_text()).get("train", {}))
-            except json.JSONDecodeError as e:
-                raise UserError(f"config file {config} is not valid JSON: {e}") from None
-            if "trust_checkpoint" in base:
-                raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
-        if trust_checkpoint:
+        base = _read_config(config).get("train", {})
+        if "trust_checkpoint" in base:
+            raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
+        if train.get("trust_checkpoint"):
             _warn_trust()
-        synth = _synthesis_config(config, tau, eps, gamma, t_range, stride, types, probs)
-        overrides = dict(data=str(data), out=str(out), task=task, arch=arch, gpus=gpus, nproc=nproc, nnodes=nnodes,
-                         node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, epochs=epochs, batch_size=batch_size,
-                         lr=lr, weight_decay=weight_decay, schedule=schedule, size=size, epoch_size=epoch_size,
-                         max_steps=max_steps, max_minutes=max_minutes, checkpoint_every=checkpoint_every,
-                         resume=resume, pretrained=str(pretrained) if pretrained else None,
-                         tsm_checkpoint=str(tsm_checkpoint) if tsm_checkpoint else None,
-                         teacher_vanilla=str(teacher_vanilla) if teacher_vanilla else None,
-                         teacher_bsp=str(teacher_bsp) if teacher_bsp else None, compile=compile_model or None,
-                         trust_checkpoint=trust_checkpoint or None,
-                         seed=seed, threads=threads, deterministic=deterministic or None)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        base["synthesis"] = synth
-        cfg = TrainConfig.from_dict(base)
-        summary = train(cfg)
-    except (UserError, ValueError, IngestError, PlanningError, GPUUnavailableError, DecodeFailures) as e:
+        cfg = TrainConfig.from_dict({**base, **train, "data": str(data),
+                                     "synthesis": _synthesis_config(config, synthesis)})
+        summary = run_training(cfg)
+    except TrainingInterrupted as e:
+        if e.rank == 0:
+            console.print(e.message, style="yellow", markup=False)
+        raise typer.Exit(130)
+    except CheckpointWriteError as e:
+        _fail(str(e), code=3)
+        return
+    except OSError as e:  # a full disk while writing the run's other files: one line naming the file
+        if e.errno not in NO_SPACE:
+            raise
+        _fail(str(e), code=3)
+        return
+    except (UserError, ValueError, IngestError, PlanningError, GPUUnavailableError, DecodeFailures,
+            WorkerFailed) as e:
         _fail(str(e))
         return
     val = summary.get("validation") or {}
@@ -424,29 +479,35 @@ def demo(
 @app.command()
 def bench(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for bench-<tag>.json/.md/.png."),
-    quick: bool = typer.Option(False, "--quick", help="Small data and one setting: under 2 minutes on 2 CPU cores (a smoke test)."),
+    quick: bool = typer.Option(False, "--quick", help="Small data, one setting and a short timing window: under 2 minutes on 2 CPU cores (a smoke test; its figures are not steady-state)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
-    batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default 8 16 32)."),
-    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores and half)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Run every row on this folder (indexed with `bsp-dali index`) instead of generated data."),
+    data_gop: Optional[int] = typer.Option(None, "--data-gop", help="Also run the loaders on a copy of the data re-encoded by `bsp-dali transcode` with a keyframe every N frames (e.g. 16; cached), and compare: decoded frames per clip and clips/s, as given vs transcoded."),
+    batch_sizes: Optional[List[int]] = typer.Option(None, "--batch-size", help="Batch sizes to sweep, repeatable (default: GPU 8 16 32, CPU 8 16)."),
+    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread/worker counts to sweep, repeatable (default: all cores)."),
     frames: Optional[List[int]] = typer.Option(None, "--frames", help="Clip lengths T to sweep, repeatable (default 8 16)."),
     sizes: Optional[List[int]] = typer.Option(None, "--size", help="Output sizes to sweep, repeatable (default 112 224)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of the training-step row (default resnet50; quick: resnet18)."),
-    count: Optional[int] = typer.Option(None, "--count", help="Timed batches per row (default 10)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of the training-step row (default: GPU resnet50, CPU resnet18)."),
+    min_batches: Optional[int] = typer.Option(None, "--min-batches", help="Timing window: at least this many batches after the warm-up (default 30)."),
+    min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="Timing window: at least this many seconds (default 10)."),
+    nvdec_engines: Optional[int] = typer.Option(None, "--nvdec-engines", help="Pipelines of the GPU decode ceiling, one per NVDEC engine (default 7: H100/H200)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="File name tag (default: gpu or cpu, -quick)."),
 ) -> None:
-    """Measure synthesized clips/s and frames/s of the pipeline against a PyTorch DataLoader baseline
-    (PyAV workers, NumPy synthesis, copy to GPU) and the decode-only ceiling, the kernel against a
-    device copy, and the data stall of a TSM training step; on generated Kinetics-like H.264 data
-    (cached). Writes JSON, Markdown and a PNG plot naming the machine and every setting.
+    """Measure, on generated Kinetics-like H.264 (or --data), the steady-state delivered rate of the
+    pipeline against a PyTorch DataLoader baseline (PyAV workers, NumPy synthesis), both in clips/s
+    and in decoded frames/s against the CPU and GPU decode ceilings; the kernel against a device copy;
+    and the data stall of a TSM training step. Writes JSON, Markdown and a PNG naming the machine
+    and every setting.
     """
     import logging
 
     from .bench import BenchSettings, run_bench
+    from .measure import Window
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         dev = _device(device)
-        s = BenchSettings.quick_settings(dev) if quick else BenchSettings(device=dev)
+        s = BenchSettings.defaults(dev, quick=quick)
         for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes)):
             if val:
                 if any(v < 1 for v in val):
@@ -456,15 +517,35 @@ def bench(
             raise UserError(f"--frames must be even (T = 2*tau), got {list(s.frames)}")
         if arch:
             s.arch = arch
-        if count:
-            s.count = count
+        if min_batches is not None or min_seconds is not None:
+            mb = s.window.min_batches if min_batches is None else min_batches
+            ms = s.window.min_seconds if min_seconds is None else min_seconds
+            if mb < 2 or ms < 0:
+                raise UserError(f"--min-batches ({mb}) must be >= 2 and --min-seconds ({ms}) >= 0")
+            s.window = Window(mb, ms, quick=quick or mb < 30 or ms < 10)
+        if nvdec_engines is not None:
+            if nvdec_engines < 1:
+                raise UserError(f"--nvdec-engines ({nvdec_engines}) must be >= 1")
+            s.nvdec_engines = nvdec_engines
+        if data is not None:
+            s.data_dir = str(data)
+        if data_gop is not None:
+            if data_gop < 1:
+                raise UserError(f"--data-gop ({data_gop}) must be >= 1")
+            s.data_gop = data_gop
         result = run_bench(s, out, tag=tag, progress=lambda m: console.print(f"[dim]{m}[/]"))
     except (UserError, ValueError, GPUUnavailableError) as e:
         _fail(str(e))
         return
+    if result["settings"]["window"]["quick"]:
+        out_console.print("[yellow]shortened timing window: these figures are not steady-state[/]")
+    for r in result["rows"]:
+        if r.get("ceiling") and "decoded_frames_per_s" in r:
+            out_console.print(f"{r['row']}: {r['decoded_frames_per_s']:.0f} decoded frames/s ({r['decoder']})")
     for g in result["goals"]:
         v = "n/a" if g["measured"] is None else f"{g['measured']:.3f}"
-        out_console.print(f"{g['goal']}: {v} (goal {g['target']}) {'met' if g['met'] else 'missed'}")
+        op = "<" if g["lower_is_better"] else ">="
+        out_console.print(f"{g['goal']}: {v} (goal {op} {g['target']}) {'met' if g['met'] else 'missed'}")
     out_console.print(f"results: {out}/bench-{tag or (result['device'] + ('-quick' if quick else ''))}.md")
 
 
@@ -581,16 +662,15 @@ def inspect_cmd(
 
 
 @app.command()
+@config_options(synthesis=SynthesisConfig)
 def plan(
     num: int = typer.Option(4, "--num", help="Number of samples."),
     seed: int = typer.Option(0, "--seed"),
     epoch: int = typer.Option(0, "--epoch"),
     start: int = typer.Option(0, "--start", help="First sample index."),
     demo_classes: int = typer.Option(4, "--demo-classes", help="Classes of the built-in demo set."),
-    config: Optional[Path] = OPT_CONFIG, tau: Optional[int] = OPT_TAU, eps: Optional[Tuple[int, int]] = OPT_EPS,
-    gamma: Optional[List[float]] = OPT_GAMMA, t_range: Optional[Tuple[int, int]] = OPT_T,
-    stride: Optional[int] = OPT_STRIDE, types: Optional[List[str]] = OPT_TYPES,
-    probs: Optional[List[float]] = OPT_PROBS,
+    config: Optional[Path] = OPT_CONFIG,
+    *, synthesis: dict[str, Any],
 ) -> None:
     """Print the recipes (JSON lines) the planner draws for samples start..start+num-1 of the demo
     set: which frames of which videos, with which weights."""
@@ -598,7 +678,7 @@ def plan(
     from .planner import Planner
 
     try:
-        cfg = _synthesis_config(config, tau, eps, gamma, t_range, stride, types, probs)
+        cfg = _synthesis_config(config, synthesis)
         planner = Planner(demo_index(num_classes=demo_classes), cfg, seed=seed)
         for i in range(start, start + num):
             sys.stdout.write(json.dumps(planner.plan(i, epoch).to_json()) + "\n")

@@ -1,14 +1,15 @@
 """What a synthesized clip may be made of: boundary types and the synthesis settings.
 
 Every choice the BSP paper leaves open is a field of :class:`SynthesisConfig` with a default and the
-reason for it (see ``docs/method.md``). The planner (``bsp_dali.planner``) draws every random choice
+reason for it (see ``docs/method.md``); each field also declares its help text and command-line
+option (:func:`setting`), which ``bsp-dali preview``, ``plan`` and ``train`` share. The planner (``bsp_dali.planner``) draws every random choice
 inside these bounds; nothing downstream of the planner is random.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -70,6 +71,15 @@ class BoundaryType(enum.IntEnum):
 ALL_TYPES: tuple[BoundaryType, ...] = tuple(BoundaryType)
 
 
+def setting(default: Any = MISSING, *, help: str, flag: str | None = None, default_factory: Any = MISSING,
+            metavar: str | None = None) -> Any:
+    """A config dataclass field with its help text and, when ``flag`` is given, the command-line
+    option that sets it (``"--tau"``; ``"--resume/--no-resume"`` for a switch). ``bsp_dali/cli.py``
+    builds every such option from these fields, so a new setting is one line here."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "flag": flag, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Settings of the boundary synthesis. ``T = 2 * tau`` output frames per clip.
@@ -91,13 +101,17 @@ class SynthesisConfig:
       best). Enabling two types gives the binary tasks of Table 5; labels are then 0 and 1.
     """
 
-    tau: int = 4
-    eps_range: tuple[int, int] = (1, 2)
-    gammas: tuple[float, ...] = (0.5, 2.0)
-    t_range: tuple[int, int] | None = None
-    stride: int = 1
-    types: tuple[BoundaryType, ...] = ALL_TYPES
-    probs: tuple[float, ...] | None = None
+    tau: int = setting(4, flag="--tau", help="Half clip length: clips have T = 2*tau frames.")
+    eps_range: tuple[int, int] = setting((1, 2), flag="--eps",
+                                         help="diff_class transition half-width range, two values MIN MAX.")
+    gammas: tuple[float, ...] = setting((0.5, 2.0), flag="--gamma", help="diff_speed factor, repeatable.")
+    t_range: tuple[int, int] | None = setting(
+        None, flag="--t-range", help="diff_speed change-point range, two values MIN MAX (default 2 T-2).")
+    stride: int = setting(1, flag="--stride", help="Source frame stride d.")
+    types: tuple[BoundaryType, ...] = setting(ALL_TYPES, flag="--types",
+                                              help="Enabled boundary types, comma separated or repeated.")
+    probs: tuple[float, ...] | None = setting(
+        None, flag="--probs", help="Type probabilities, one per enabled type, repeatable (default: all equal).")
 
     def __post_init__(self) -> None:
         # Normalise user-friendly inputs (lists, strings) into the canonical frozen form.
@@ -241,4 +255,5 @@ __all__ = [
     "exact",
     "parse_types",
     "round_half_up",
+    "setting",
 ]

@@ -179,6 +179,14 @@ class BSPIterator:
         return self.stage.description
 
     @property
+    def depth(self) -> int:
+        """Batches the iterator can hold ready before the consumer asks: the prefetch queue plus
+        what the decode stage keeps in flight, and on the CPU the synthesis thread's batch and
+        queue (what a benchmark's warm-up must drain)."""
+        synthesis = 1 + SYNTHESIZED_AHEAD if self.device != "gpu" else 0
+        return self.prefetch + self.stage.batches_ahead + synthesis
+
+    @property
     def banned(self) -> dict[int, str]:
         """Video position -> reason, for the files excluded so far."""
         return self.stage.banned

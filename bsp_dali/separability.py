@@ -123,6 +123,8 @@ def inspect(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], out: str | 
                 "separability_auc": roc_auc(pos, neg),
                 "mean_abs_diff_boundary": float(per_kind[0].mean()),
                 "mean_abs_diff_non_boundary": float(per_kind[1].mean()),
+                # the scored distances, so that the AUC can be checked from the file
+                "distances": {"boundary": pos.tolist(), "non_boundary": neg.tolist()},
             }
             diffs[name] = (per_kind[0].mean(1), per_kind[1].mean(1))
     finally:

@@ -342,13 +342,31 @@ class DecodeStage:
         reader, chunks of ``ahead`` batches are planned ahead and decoded by ``pipelines`` pipelines
         at once; a CPU reader that takes requests ahead (the worker processes) gets the next batch's
         units while this one is used; otherwise each batch is decoded when it is asked for."""
-        fixed = self.decoder == "dali" and self.dali_reader is not DaliReaderKind.DECODER
-        cpu_ahead = hasattr(self.cpu_reader, "submit")
+        fixed, cpu_ahead = self._streams_ahead()
         if not fixed and not cpu_ahead:
             for ids in batches:
                 yield self.decode(epoch, ids)
             return
         yield from self._stream_chunks(epoch, list(batches), fixed, cpu_ahead)
+
+    def _streams_ahead(self) -> tuple[bool, bool]:
+        """(file-list pipelines, a CPU reader that takes units ahead and gets some)."""
+        fixed = self.decoder == "dali" and self.dali_reader is not DaliReaderKind.DECODER
+        cpu_ahead = hasattr(self.cpu_reader, "submit") and (
+            self.decoder == "pyav" or (self.decoder == "dali" and self.device == "cpu" and any(
+                (v.codec or "") not in DALI_CPU_CODECS for v in self.index.videos)))
+        return fixed, cpu_ahead
+
+    @property
+    def batches_ahead(self) -> int:
+        """Batches ``stream`` may hold decoded or in flight beyond the one being consumed: a chunk
+        of ``ahead`` batches in each of the ``pipelines`` file-list pipelines (at least
+        ``CPU_CHUNKS_IN_FLIGHT`` with the CPU's worker processes), or none when each batch is
+        decoded on demand. A benchmark's warm-up must drain these too."""
+        fixed, cpu_ahead = self._streams_ahead()
+        if not fixed and not cpu_ahead:
+            return 0
+        return max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1) * self.ahead
 
     def _pool_of_readers(self) -> Any:
         if self._pool is None:

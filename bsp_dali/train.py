@@ -7,10 +7,12 @@ Two nodes of eight:    bsp-dali train data/kinetics400 --gpus 8 --nnodes 2 --nod
 Under torchrun/SLURM:  torchrun --nproc-per-node 8 -m bsp_dali train data/kinetics400
 Laptop CPU, 2 procs:   bsp-dali train data/kinetics400 --gpus 0 --nproc 2
 
-One process per GPU (DDP), started through PyTorch's elastic launcher; each rank reads its own
-shard of every epoch. The loop below reads top to bottom: build data, model, optimizer; resume;
-then for each epoch, for each batch: forward, loss, backward, clip, step; checkpoint every
-``checkpoint_every`` steps and at each epoch end (atomically); validate at each epoch end.
+One process per GPU (DDP), started through PyTorch's elastic launcher (``distributed.py``); each
+rank reads its own shard of every epoch. What a task trains and its loss are in ``tasks.py``; where
+checkpoints are written and how a run resumes, in ``checkpointer.py``. :func:`run_worker` reads
+top to bottom: join the run, build data, model, optimizer; resume; then for each epoch, for each
+batch: forward, loss, backward, clip, step; checkpoint every ``checkpoint_every`` steps and at each
+epoch end; validate at each epoch end. Ctrl-C stops it with :class:`TrainingInterrupted`.
 """
 
 from __future__ import annotations
@@ -20,24 +22,23 @@ import json
 import logging
 import math
 import os
-import random
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from .augment import SpatialConfig, SpatialMode
+from .checkpointer import Checkpointer, last_checkpoint, seed_everything
+from .config import SynthesisConfig, setting
+from .distributed import Dist, agree, gather_objects, launch, setup_dist, sync_buffers, teardown, weight_fingerprint
 from .gpu import autocast as autocast_for
-from .config import SynthesisConfig
 from .index import DatasetIndex
+from .measure import LoopTimer
+from .tasks import TASKS, Task, describe_tasks
 
 log = logging.getLogger(__name__)
-
-TASKS = ("bsp", "action", "regression", "two-head", "distill")
-CHECKPOINT_VERSION = 2  # 2: RNG states as plain values, which a weights-only load reads
-READABLE_CHECKPOINT_VERSIONS = (1, 2)  # 1: NumPy's RNG state as an array (read through an allow-list)
 
 
 @dataclass
@@ -45,50 +46,64 @@ class TrainConfig:
     """Training settings. Defaults follow TSM's Kinetics recipe (Lin et al. 2019) and the BSP paper:
     SGD with momentum 0.9, lr 0.01 per 64 clips (scaled linearly with the global batch), weight
     decay 1e-4 on weights only (no decay on BatchNorm and biases), a linear warm-up of one epoch then
-    cosine decay, gradient-norm clipping at 20, dropout 0.5 before the classifier, 224x224 crops."""
+    cosine decay, gradient-norm clipping at 20, dropout 0.5 before the classifier, 224x224 crops.
 
-    data: str = ""
-    out: str = "runs/bsp"
-    task: str = "bsp"
-    arch: str = "resnet50"
-    epochs: int = 30
-    batch_size: int = 8  # clips per process
-    lr: float = 0.01  # for a global batch of 64; scaled by global_batch / 64
-    optimizer: str = "sgd"  # or "adamw" (the demo: from scratch, minutes, no ImageNet weights)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # or "step"
-    lr_steps: tuple[int, ...] = (20, 25)  # epochs at which "step" divides the lr by 10
-    clip_grad: float = 20.0
-    dropout: float = 0.5
-    size: int = 224
-    crop_scale: tuple[float, float] = (0.25, 1.0)  # random resized crop: area fraction range
-    epoch_size: int | None = None  # clips per epoch over all ranks (default: number of videos)
-    val_fraction: float = 0.05
-    val_clips: int = 512
-    val_every: int = 1  # epochs between validations (and always after the last step)
-    checkpoint_every: int = 500
-    log_every: int = 10
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    resume: bool = True
-    seed: int = 0
-    gpus: int | None = None  # processes on GPUs (None: all visible); 0: CPU
-    nproc: int = 1  # CPU processes when gpus == 0
-    nnodes: int = 1
-    node_rank: int = 0
-    rdzv_endpoint: str = "127.0.0.1:29500"
-    compile: bool = False
-    channels_last: bool = True  # on GPU
-    threads: int | None = None  # decode threads per process
-    pretrained: str | None = None  # torchvision ImageNet ResNet weights (local file)
-    tsm_checkpoint: str | None = None  # official TSM checkpoint (local file)
-    teacher_vanilla: str | None = None  # distill: bsp-dali checkpoints of the frozen teachers
-    teacher_bsp: str | None = None
-    trust_checkpoint: bool = False  # unpickle in full the checkpoints a weights-only load refuses
-    deterministic: bool = False
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    Each field declares its help text and, where it has one, its ``bsp-dali train`` option
+    (:func:`~bsp_dali.config.setting`); every field can be set in a ``--config`` file's "train"
+    section."""
+
+    data: str = setting("", help="A manifest, or a folder indexed with `bsp-dali index`.")
+    out: str = setting("runs/bsp", flag="--out", metavar="PATH",
+                       help="Run folder: checkpoints/, metrics.jsonl, summary.json.")
+    task: str = setting("bsp", flag="--task", help=f"Training task: {describe_tasks()}.")
+    arch: str = setting("resnet50", flag="--arch", help="TSM backbone: resnet18, resnet34 or resnet50.")
+    epochs: int = setting(30, flag="--epochs", help="Epochs.")
+    batch_size: int = setting(8, flag="--batch-size", help="Clips per process.")
+    lr: float = setting(0.01, flag="--lr", help="Learning rate for a global batch of 64, scaled linearly.")
+    optimizer: str = setting("sgd", help='"sgd", or "adamw" (the demo: from scratch, minutes, no ImageNet weights).')
+    momentum: float = setting(0.9, help="SGD momentum.")
+    weight_decay: float = setting(1e-4, flag="--weight-decay", help="Weight decay, not on BatchNorm and biases.")
+    warmup_epochs: float = setting(1.0, help="Epochs of linear learning-rate warm-up.")
+    schedule: str = setting("cosine", flag="--schedule", help="Learning-rate decay: cosine or step.")
+    lr_steps: tuple[int, ...] = setting((20, 25), help='Epochs at which "step" divides the lr by 10.')
+    clip_grad: float = setting(20.0, help="Gradient-norm clipping threshold.")
+    dropout: float = setting(0.5, help="Dropout before the classifier.")
+    size: int = setting(224, flag="--size", help="Crop size.")
+    crop_scale: tuple[float, float] = setting((0.25, 1.0), help="Random resized crop: area fraction range.")
+    epoch_size: int | None = setting(None, flag="--epoch-size",
+                                     help="Clips per epoch over all ranks (default: number of videos).")
+    val_fraction: float = setting(0.05, help="Fraction of each class's videos held out for validation.")
+    val_clips: int = setting(512, help="Validation clips.")
+    val_every: int = setting(1, help="Epochs between validations (and always after the last step).")
+    checkpoint_every: int = setting(500, flag="--checkpoint-every", help="Steps between checkpoints.")
+    log_every: int = setting(10, help="Steps between metric records.")
+    max_steps: int | None = setting(None, flag="--max-steps", help="Stop after this many steps.")
+    max_minutes: float | None = setting(None, flag="--max-minutes", help="Stop after this much time.")
+    resume: bool = setting(True, flag="--resume/--no-resume",
+                           help="Continue from OUT/checkpoints/last.pt when it exists.")
+    seed: int = setting(0, flag="--seed", help="Seed of the planner, the split and the weights.")
+    gpus: int | None = setting(None, flag="--gpus", help="GPU processes on this node (default: all visible; 0: CPU).")
+    nproc: int = setting(1, flag="--nproc", help="CPU processes (gloo) when --gpus 0.")
+    nnodes: int = setting(1, flag="--nnodes", help="Nodes in the job (run the same command on each).")
+    node_rank: int = setting(0, flag="--node-rank", help="This node's rank, 0..nnodes-1.")
+    rdzv_endpoint: str = setting("127.0.0.1:29500", flag="--rdzv-endpoint",
+                                 help="host:port of node 0, reachable from every node.")
+    compile: bool = setting(False, flag="--compile", help="torch.compile the model.")
+    channels_last: bool = setting(True, help="Channels-last memory format on GPU.")
+    threads: int | None = setting(None, flag="--threads", help="Decode threads per process.")
+    pretrained: str | None = setting(None, flag="--pretrained", metavar="PATH",
+                                     help="torchvision ImageNet ResNet weights (local .pth or .safetensors).")
+    tsm_checkpoint: str | None = setting(None, flag="--tsm-checkpoint", metavar="PATH",
+                                         help="Official TSM checkpoint (local .pth or .safetensors).")
+    teacher_vanilla: str | None = setting(None, flag="--teacher-vanilla", metavar="PATH",
+                                          help="distill: vanilla encoder checkpoint.")
+    teacher_bsp: str | None = setting(None, flag="--teacher-bsp", metavar="PATH",
+                                      help="distill: BSP encoder checkpoint.")
+    trust_checkpoint: bool = setting(False, flag="--trust-checkpoint",
+                                     help="Unpickle in full the checkpoints a weights-only load refuses: this runs "
+                                          "any code they hold, so use it only for files you trust.")
+    deterministic: bool = setting(False, flag="--deterministic", help="torch deterministic algorithms (for tests).")
+    synthesis: SynthesisConfig = setting(default_factory=SynthesisConfig, help="Synthesis settings.")
 
     def __post_init__(self) -> None:
         if isinstance(self.synthesis, dict):
@@ -117,8 +132,7 @@ class TrainConfig:
             raise ValueError(f"gpus ({self.gpus}) must be >= 0")
         if not (0 <= self.node_rank < self.nnodes):
             raise ValueError(f"node_rank ({self.node_rank}) must be in 0..nnodes-1 ({self.nnodes - 1})")
-        if self.task == "distill" and not (self.teacher_vanilla and self.teacher_bsp):
-            raise ValueError("task distill needs --teacher-vanilla and --teacher-bsp (bsp-dali checkpoints)")
+        TASKS[self.task].check(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -134,6 +148,26 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}")
         return cls(**data)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at ``step`` (None when the launcher could not learn it); the same
+    command resumes from ``checkpoint``, written at ``checkpoint_step`` (None: no checkpoint yet)."""
+
+    def __init__(self, step: int | None, checkpoint: Path | None, checkpoint_step: int | None, rank: int = 0):
+        self.step, self.checkpoint, self.checkpoint_step, self.rank = step, checkpoint, checkpoint_step, rank
+        super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.step, self.checkpoint, self.checkpoint_step, self.rank)
+
+    @property
+    def message(self) -> str:
+        at = "interrupted" + (f" at step {self.step}" if self.step is not None else "")
+        if self.checkpoint is None:
+            return f"{at}, before the first checkpoint: the same command starts the run over"
+        written = f" (step {self.checkpoint_step})" if self.checkpoint_step is not None else ""
+        return f"{at}; the last checkpoint is {self.checkpoint}{written}: run the same command to resume from it"
 
 
 # ---------------------------------------------------------------------------------- launching
@@ -152,22 +186,25 @@ def processes_per_node(cfg: TrainConfig) -> tuple[int, bool]:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training: in this process, or in ``nproc`` processes through the elastic launcher.
-    Returns rank 0's summary."""
+    Returns rank 0's summary. A worker's failure raises :class:`~bsp_dali.distributed.WorkerFailed`;
+    Ctrl-C raises :class:`TrainingInterrupted`."""
     under_launcher = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     nproc, _ = processes_per_node(cfg)
-    if under_launcher or (nproc == 1 and cfg.nnodes == 1):
-        return run_worker(cfg.to_dict())
-    if not cfg.trust_checkpoint:
-        check_checkpoints(cfg)  # a refused file: one error here, not a failure in every worker
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    host, _, port = cfg.rdzv_endpoint.rpartition(":")
-    launch = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=nproc, run_id="bsp-dali",
-                          rdzv_backend="static", rdzv_endpoint=cfg.rdzv_endpoint,
-                          rdzv_configs={"rank": cfg.node_rank}, max_restarts=0, start_method="spawn")
-    log.info("launching %d process(es) per node on %d node(s), rendezvous %s:%s", nproc, cfg.nnodes, host, port)
-    results = elastic_launch(launch, run_worker)(cfg.to_dict())
-    return results.get(0, {}) if isinstance(results, dict) else {}
+    started = time.time()
+    try:
+        if under_launcher or (nproc == 1 and cfg.nnodes == 1):
+            return run_worker(cfg.to_dict())
+        if not cfg.trust_checkpoint:
+            check_checkpoints(cfg)  # a refused file: one error here, not a failure in every worker
+        log.info("launching %d process(es) per node on %d node(s), rendezvous %s", nproc, cfg.nnodes,
+                 cfg.rdzv_endpoint)
+        results = launch(run_worker, cfg.to_dict(), nproc=nproc, nnodes=cfg.nnodes, node_rank=cfg.node_rank,
+                         endpoint=cfg.rdzv_endpoint)
+        return results.get(0, {})
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # before the loop, or in the launcher (which stopped the workers)
+        raise _interrupted_run(Path(cfg.out), since=started) from None
 
 
 def check_checkpoints(cfg: TrainConfig) -> None:
@@ -178,10 +215,32 @@ def check_checkpoints(cfg: TrainConfig) -> None:
     for path in (cfg.pretrained, cfg.tsm_checkpoint):
         if path:
             read_checkpoint(path)
-    last = Path(cfg.out) / "checkpoints" / "last.pt"
+    last = last_checkpoint(cfg.out)
     for path in (cfg.teacher_vanilla, cfg.teacher_bsp, last if cfg.resume and last.is_file() else None):
         if path:
             load_bsp_checkpoint(path)
+
+
+def _interrupted_run(out: Path, since: float) -> TrainingInterrupted:
+    """An interrupted run as its folder tells it: rank 0's summary when it wrote one (since
+    ``since``), else the last checkpoint on disk and its step."""
+    rank = int(os.environ.get("RANK", 0))
+    summary_path = out / "summary.json"
+    if summary_path.is_file() and summary_path.stat().st_mtime >= since:
+        s = json.loads(summary_path.read_text())
+        if s.get("interrupted"):
+            return TrainingInterrupted(s.get("step"), s.get("checkpoint") and Path(s["checkpoint"]),
+                                       s.get("checkpoint_step"), rank)
+    last = last_checkpoint(out)
+    if not last.is_file():
+        return TrainingInterrupted(None, None, None, rank)
+    try:  # mmap: the step without reading the weights
+        import torch
+
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 - a version 1 file needs an allow-list; the path is what matters
+        step = None
+    return TrainingInterrupted(None, last, step, rank)
 
 
 # ---------------------------------------------------------------------------------- the worker
@@ -225,18 +284,6 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.1 ** sum(epoch >= e for e in cfg.lr_steps)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a kill never leaves a half file."""
-    import torch
-
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class _Metrics:
     """JSONL (always) and TensorBoard (when installed) on rank 0."""
 
@@ -265,87 +312,62 @@ class _Metrics:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
-def build_model(cfg: TrainConfig, num_actions: int) -> Any:
-    from bsp_models import (ClipClassifier, Distill, FrameRegressor, TwoHead, create_encoder,
-                            encoder_from_bsp_checkpoint, load_imagenet_resnet, load_tsm_checkpoint)
+def build_model(cfg: TrainConfig, task: Task, num_actions: int) -> Any:
+    """The task's model around a TSM encoder, with the weights ``--pretrained`` and
+    ``--tsm-checkpoint`` name."""
+    from bsp_models import create_encoder, load_imagenet_resnet, load_tsm_checkpoint
 
-    T = cfg.synthesis.T
-    enc = create_encoder(cfg.arch, T)
+    enc = create_encoder(cfg.arch, cfg.synthesis.T)
     if cfg.pretrained:
         load_imagenet_resnet(enc, cfg.pretrained, trust=cfg.trust_checkpoint)
-    if cfg.task == "bsp":
-        model = ClipClassifier(enc, cfg.synthesis.num_classes, cfg.dropout)
-    elif cfg.task == "action":
-        model = ClipClassifier(enc, num_actions, cfg.dropout)
-    elif cfg.task == "regression":
-        model = FrameRegressor(enc)
-    elif cfg.task == "two-head":
-        model = TwoHead(enc, num_actions, cfg.synthesis.num_classes, cfg.dropout)
-    else:
-        model = Distill(enc, encoder_from_bsp_checkpoint(cfg.teacher_vanilla, trust=cfg.trust_checkpoint),
-                        encoder_from_bsp_checkpoint(cfg.teacher_bsp, trust=cfg.trust_checkpoint), num_actions)
+    model = task.build(cfg, enc, num_actions)
     if cfg.tsm_checkpoint:
-        load_tsm_checkpoint(model if hasattr(model, "encoder") else enc, cfg.tsm_checkpoint,
-                            load_fc=cfg.task == "action", trust=cfg.trust_checkpoint)
+        load_tsm_checkpoint(model if hasattr(model, "encoder") else enc, cfg.tsm_checkpoint, load_fc=task.tsm_fc,
+                            trust=cfg.trust_checkpoint)
     return model
 
 
 def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """One training process (rank). Called directly, by the elastic launcher, or under torchrun."""
     import torch
-    import torch.distributed as dist
-    from bsp_models import classification_loss, distill_loss, load_bsp_checkpoint, regression_loss, two_head_loss
 
     from .ingest import load_data
     from .iterator import BSPIterator
 
     cfg = TrainConfig.from_dict(cfg_dict)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if not logging.getLogger().handlers:  # a spawned worker: rank 0 reports, the others warn
-        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                            format=f"[rank {rank}] %(message)s" if world > 1 else "%(message)s")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    _, on_gpu = processes_per_node(cfg)
-    device = torch.device(f"cuda:{local_rank}" if on_gpu else "cpu")
-    if on_gpu:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if on_gpu else "gloo")
-    is_main = rank == 0
+    task = TASKS[cfg.task]
+    d = setup_dist(use_gpu=cfg.gpus != 0 and (cfg.gpus is not None or torch.cuda.is_available()))
+    _configure_logging(d)
+    world, is_main, on_gpu = d.world, d.is_main, d.on_gpu
     out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
     if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    seed_everything(cfg.seed + rank)
+    seed_everything(cfg.seed + d.rank)
 
-    # ---- data: a train/val split of the videos; one iterator per stream this task reads
+    # ---- data: a train/val split of the videos; one iterator per stream the task reads
     index = load_data(cfg.data)
     train_index, val_index = split_train_val(index, cfg.val_fraction, cfg.seed)
     spatial = SpatialConfig(size=(cfg.size, cfg.size), mode=SpatialMode.TRAIN, scale=cfg.crop_scale)
     common = dict(batch_size=cfg.batch_size, synthesis=cfg.synthesis, spatial=spatial, seed=cfg.seed,
-                  device="gpu" if on_gpu else "cpu", num_threads=cfg.threads, device_id=local_rank,
-                  epoch_size=cfg.epoch_size)
-    uses_bsp = cfg.task in ("bsp", "regression", "two-head")
-    uses_action = cfg.task in ("action", "two-head", "distill")
-    bsp_loader = BSPIterator(train_index, mode="bsp", **common) if uses_bsp else None
-    action_loader = BSPIterator(train_index, mode="action", **common) if uses_action else None
-    loader = bsp_loader or action_loader
-    assert loader is not None
+                  device="gpu" if on_gpu else "cpu", num_threads=cfg.threads,
+                  device_id=d.device.index if on_gpu else 0, epoch_size=cfg.epoch_size)
+    loaders = {stream: BSPIterator(train_index, mode=stream, **common) for stream in task.streams}
+    loader = loaders[task.streams[0]]  # its epochs are the run's; the other streams cycle alongside
     steps_per_epoch = len(loader)
 
     # ---- model and optimizer
-    model = build_model(cfg, index.num_classes).to(device)
+    model = build_model(cfg, task, index.num_classes).to(d.device)
     if on_gpu and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if on_gpu else None)
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
     global_batch = cfg.batch_size * world
     base_lr = cfg.lr * global_batch / 64
@@ -355,66 +377,19 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
     autocast = autocast_for("gpu" if on_gpu else "cpu")
 
-    # ---- resume
-    step, epoch, mid_epoch = 0, 0, False
-    last = ckpt_dir / "last.pt"
-    # rank 0 decides, so that all ranks start at the same step (every rank must then read the file)
-    if cfg.resume and gather_objects(last.is_file(), world)[0]:
-        state = load_bsp_checkpoint(last, trust=cfg.trust_checkpoint)  # weights-only
-        if state.get("version") not in READABLE_CHECKPOINT_VERSIONS:
-            raise ValueError(f"{last} has checkpoint version {state.get('version')}, expected one of "
-                             f"{list(READABLE_CHECKPOINT_VERSIONS)}")
-        if state["version"] != CHECKPOINT_VERSION and is_main:
-            log.info("%s is a version %d checkpoint: read through an allow-list of NumPy's array pieces; "
-                     "the next checkpoint is written as version %d", last, state["version"], CHECKPOINT_VERSION)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = state["step"]
-        saved = state["loaders"]  # one entry per rank of the saving run
-        mine = saved[rank] if len(saved) == world else saved[0]
-        for name, ldr in (("bsp", bsp_loader), ("action", action_loader)):
-            if ldr is not None and mine.get(name):
-                ldr.load_state_dict(mine[name])
-                if len(saved) != world:  # another world size: shards differ, so restart that epoch
-                    log.warning("resuming with %d processes from a run with %d: epoch %d starts over",
-                                world, len(saved), ldr.epoch)
-                    ldr.set_epoch(ldr.epoch)
-        epoch = loader.epoch
-        mid_epoch = 0 < loader.position < len(loader)
-        if loader.position >= len(loader):
-            epoch, mid_epoch = epoch + 1, False
-        restore_rng(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        if is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", last, step, epoch, loader.position)
-
-    def save(path: Path) -> None:
-        rngs = gather_objects(rng_state(), world)
-        loaders = gather_objects({"bsp": bsp_loader.state_dict() if bsp_loader else None,
-                                  "action": action_loader.state_dict() if action_loader else None}, world)
-        if not is_main:
-            return
-        atomic_save({"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "scaler": None, "step": step, "config": {
-                         **cfg.to_dict(), "model": {"arch": cfg.arch, "num_frames": cfg.synthesis.T, "fold_div": 8,
-                                                    "num_actions": index.num_classes, "task": cfg.task}},
-                     "classes": list(index.classes), "loaders": loaders, "rng": rngs}, path)
-
-    def compute_loss(batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        with autocast():
-            if cfg.task == "two-head":
-                action_batch = _next_cycle(action_loader)
-                out_b = forward(batch["video"])
-                out_a = forward(action_batch["video"])
-                return two_head_loss(out_b, batch, out_a, action_batch), out_b
-            o = forward(batch["video"])
-            if cfg.task == "regression":
-                return regression_loss(o, batch), o
-            if cfg.task == "distill":
-                return distill_loss(o, batch), o
-            return classification_loss(o, batch), o
+    # ---- resume: where the checkpoint left the main stream is where this run goes on
+    model_cfg = {"arch": cfg.arch, "num_frames": cfg.synthesis.T, "fold_div": 8, "num_actions": index.num_classes,
+                 "task": cfg.task}
+    ckpt = Checkpointer(out, d, model=model, optimizer=opt, scheduler=sched, loaders=loaders,
+                        meta={"config": {**cfg.to_dict(), "model": model_cfg}, "classes": list(index.classes)},
+                        trust=cfg.trust_checkpoint)
+    step = ckpt.resume() if cfg.resume else 0
+    epoch, mid_epoch = loader.epoch, 0 < loader.position < len(loader)
+    if loader.position >= len(loader):  # saved at an epoch's end
+        epoch += 1
 
     metrics = _Metrics(out, is_main)
+    ctrl_c = _CtrlC()
     t_start = time.time()
     summary: dict[str, Any] = {}
     stop = False
@@ -425,17 +400,26 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             mid_epoch = False
             ddp_model.train()
-            wait = busy = 0.0
-            clips = 0
+            # data-wait and step time over each logging interval; the GPU is synchronized once per
+            # interval (in report()), never per step; on the GPU the data-wait is read from CUDA
+            # events: the device's idle time between one step's work and the next batch
+            timer = LoopTimer(sync=torch.cuda.synchronize if on_gpu else None,
+                              event=(lambda: torch.cuda.Event(enable_timing=True)) if on_gpu else None)
             it = iter(loader)
             while True:
-                t0 = time.perf_counter()
+                # stop before a step, so a run resumed at or past --max-steps takes none; the time
+                # limit is agreed by all ranks (clocks differ); the config is the same everywhere
+                over_time = cfg.max_minutes is not None and agree((time.time() - t_start) / 60 >= cfg.max_minutes, d)
+                if (cfg.max_steps is not None and step >= cfg.max_steps) or over_time:
+                    stop = True
+                    break
                 try:
-                    batch = next(it)
+                    batch = timer.next_batch(it)
                 except StopIteration:
                     break
-                t1 = time.perf_counter()
-                loss, _ = compute_loss(batch)
+                batches = {task.streams[0]: batch, **{s: _next_cycle(loaders[s]) for s in task.streams[1:]}}
+                with autocast():
+                    loss = task.loss(forward, batches)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -443,35 +427,24 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                 sched.step()
                 step += 1
                 last_loss = loss.detach()
-                if on_gpu:
-                    torch.cuda.synchronize()  # honest timing: the step is done when the GPU is
-                t2 = time.perf_counter()
-                wait += t1 - t0
-                busy += t2 - t0
-                clips += batch["video"].shape[0] * world
-                if step % cfg.log_every == 0 and is_main:
-                    rec = {"step": step, "epoch": epoch, "batch": loader.position, "loss": float(last_loss),
-                           "lr": sched.get_last_lr()[0], "clips_per_s": clips / max(busy, 1e-9),
-                           "data_wait": wait / max(busy, 1e-9)}
-                    metrics.write(rec)
-                    log.info("epoch %d batch %d/%d step %d loss %.4f lr %.5f %.1f clips/s data-wait %.0f%%",
-                             epoch, loader.position, len(loader), step, rec["loss"], rec["lr"], rec["clips_per_s"],
-                             100 * rec["data_wait"])
-                    wait = busy = 0.0
-                    clips = 0
+                timer.step_done(batch["video"].shape[0] * world)
+                if step % cfg.log_every == 0:
+                    t = timer.report()  # on every rank, so that each rank's interval ends here
+                    if is_main:
+                        rec = {"step": step, "epoch": epoch, "batch": loader.position, "loss": float(last_loss),
+                               "lr": sched.get_last_lr()[0], **t.to_json()}
+                        metrics.write(rec)
+                        log.info("epoch %d batch %d/%d step %d loss %.4f lr %.5f %.1f clips/s data-wait %.0f%% "
+                                 "step %.3f s", epoch, loader.position, len(loader), step, rec["loss"], rec["lr"],
+                                 rec["clips_per_s"], 100 * rec["data_wait"], rec["step_s"])
                 if step % cfg.checkpoint_every == 0:
-                    save(last)
-                # the time limit is agreed by all ranks (clocks differ); the config is the same everywhere
-                over_time = cfg.max_minutes is not None and _agree((time.time() - t_start) / 60 >= cfg.max_minutes, world)
-                if (cfg.max_steps is not None and step >= cfg.max_steps) or over_time:
-                    stop = True
-                    break
-            save(last)
+                    ckpt.save(step)
+            ckpt.save(step)
             if loader.position >= len(loader):  # a whole epoch: keep its checkpoint too
-                save(ckpt_dir / f"epoch-{epoch:03d}.pt")
-            sync_buffers(model, world)  # BatchNorm statistics: rank 0's, as DDP uses them next forward
+                ckpt.save(step, f"epoch-{epoch:03d}.pt")
+            sync_buffers(model, d)  # BatchNorm statistics: rank 0's, as DDP uses them next forward
             last_epoch = stop or epoch == cfg.epochs - 1
-            val = validate(model, val_index, cfg, common, autocast, world) \
+            val = validate(model, task, val_index, cfg, common, autocast, d) \
                 if last_epoch or (epoch + 1) % cfg.val_every == 0 else {}
             if is_main and val:
                 metrics.write({"step": step, "epoch": epoch, **{k: v for k, v in val.items() if k != "confusion"},
@@ -480,48 +453,52 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                                                                          if isinstance(v, float)))
             summary = {"step": step, "epoch": epoch, "loss": None if last_loss is None else float(last_loss),
                        "minutes": (time.time() - t_start) / 60, "validation": val,
-                       "checkpoint": str(last), "failures": loader.failures}
+                       "checkpoint": str(ckpt.last), "failures": loader.failures}
             if stop:
                 break
+    except BaseException as e:
+        if not (isinstance(e, KeyboardInterrupt) or ctrl_c.seen):
+            raise
+        # Ctrl-C reaches every process of the job at once: no checkpoint now (the other ranks may
+        # be gone); the last one stands, and the same command resumes from it
+        ctrl_c.ignore_more()  # the launcher passes the same Ctrl-C on to its workers
+        stopped = TrainingInterrupted(step, ckpt.last if ckpt.saved_step is not None else None, ckpt.saved_step,
+                                      d.rank)
+        if is_main:
+            (out / "summary.json").write_text(json.dumps({
+                "interrupted": True, "step": step, "checkpoint": stopped.checkpoint and str(stopped.checkpoint),
+                "checkpoint_step": ckpt.saved_step, "minutes": (time.time() - t_start) / 60}, indent=1))
+        raise stopped from None
     finally:
-        metrics.close()
-        for ldr in (bsp_loader, action_loader):
-            if ldr is not None:
-                ldr.close()
+        ctrl_c.restore()
+        _close(metrics, loaders)
     # a fingerprint of the weights on every rank: DDP keeps them identical, and the summary shows it
-    summary["weight_fingerprints"] = gather_objects(weight_fingerprint(model), world)
+    summary["weight_fingerprints"] = gather_objects(weight_fingerprint(model), d)
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    if world > 1 and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown(d)
     return summary
 
 
-def validate(model: Any, val_index: DatasetIndex, cfg: TrainConfig, common: dict[str, Any],
-             autocast: Callable[[], Any], world: int) -> dict[str, Any]:
-    """Accuracy (and the confusion matrix) of the task's classifier on held-out synthesized clips:
-    the held-out videos, the eval centre crop, a fixed sample set (epoch 0, seed + 1)."""
+def validate(model: Any, task: Task, val_index: DatasetIndex, cfg: TrainConfig, common: dict[str, Any],
+             autocast: Callable[[], Any], d: Dist) -> dict[str, Any]:
+    """The task's validation metric on held-out clips: the held-out videos, the eval centre crop,
+    a fixed sample set (epoch 0, seed + 1)."""
     import torch
 
     from .iterator import BSPIterator
     from .planner import PlanningError
 
-    if len(val_index) == 0 or cfg.task == "distill":
+    metric = task.metric(cfg, val_index.num_classes, d.device)
+    if len(val_index) == 0 or metric is None:
         return {}
-    mode = "action" if cfg.task == "action" else "bsp"
     kw = dict(common, seed=cfg.seed + 1, spatial=SpatialConfig(size=(cfg.size, cfg.size), mode=SpatialMode.EVAL),
-              epoch_size=max(cfg.val_clips, world), last_batch_policy="partial")
+              epoch_size=max(cfg.val_clips, d.world), last_batch_policy="partial")
     try:
-        loader = BSPIterator(val_index, mode=mode, **kw)
+        loader = BSPIterator(val_index, mode=metric.stream, **kw)
     except (PlanningError, ValueError) as e:
         log.warning("no validation: the held-out videos cannot supply the clips (%s)", e)
         return {}
-    n_cls = cfg.synthesis.num_classes if mode == "bsp" else val_index.num_classes
-    device = next(model.parameters()).device
-    conf = torch.zeros(n_cls, n_cls, dtype=torch.int64, device=device)
-    sq_err = torch.zeros((), device=device)
-    n_reg = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
     try:
@@ -529,27 +506,12 @@ def validate(model: Any, val_index: DatasetIndex, cfg: TrainConfig, common: dict
             for batch in loader:
                 with autocast():
                     out = model(batch["video"])
-                if cfg.task == "regression":
-                    sq_err += torch.nn.functional.smooth_l1_loss(out["heatmap"].float(), batch["heatmap"], reduction="sum")
-                    n_reg += batch["heatmap"].numel()
-                    continue
-                logits = out.get("logits", out.get("boundary_logits"))
-                pred = logits.argmax(1)
-                conf += torch.bincount(batch["label"] * n_cls + pred, minlength=n_cls * n_cls).view(n_cls, n_cls)
+                metric.update(out, batch)
     finally:
         loader.close()
         model.train(was_training)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(conf)
-        dist.all_reduce(sq_err)
-        dist.all_reduce(n_reg)
-    if cfg.task == "regression":
-        return {"val_smooth_l1": float(sq_err) / max(1, int(n_reg))}
-    total = int(conf.sum())
-    acc = float(conf.diag().sum()) / max(1, total)
-    return {"val_accuracy": acc, "val_clips": total, "confusion": conf.cpu().tolist()}
+    metric.reduce(d)
+    return metric.result()
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -561,81 +523,40 @@ def _next_cycle(loader: Any) -> dict[str, Any]:
         return next(iter(loader))
 
 
-def _agree(flag: bool, world: int) -> bool:
-    """True on every rank when any rank says True (so that all ranks stop at the same step)."""
-    if world == 1:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def _configure_logging(d: Dist) -> None:
+    if not logging.getLogger().handlers:  # a spawned worker: rank 0 reports, the others warn
+        logging.basicConfig(level=logging.INFO if d.is_main else logging.WARNING,
+                            format=f"[rank {d.rank}] %(message)s" if d.world > 1 else "%(message)s")
 
 
-def sync_buffers(model: Any, world: int) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP broadcasts them at
-    each forward, so after the last step the ranks differ by their own last update."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    for b in model.buffers():
-        dist.broadcast(b, 0)
+def _close(metrics: _Metrics, loaders: dict[str, Any]) -> None:
+    metrics.close()
+    for ldr in loaders.values():
+        ldr.close()
 
 
-def weight_fingerprint(model: Any) -> str:
-    """A hash of every parameter's bytes."""
-    import hashlib
+class _CtrlC:
+    """Notes a Ctrl-C, then raises KeyboardInterrupt as Python does: the error it causes elsewhere
+    (a collective whose peer stopped first) is then known to be the interrupt too."""
 
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: Any = signal.getsignal(signal.SIGINT)
+        # only the main thread may set handlers; a process told to ignore Ctrl-C goes on ignoring it
+        self.installed = threading.current_thread() is threading.main_thread() and self.previous is not signal.SIG_IGN
+        if self.installed:
+            signal.signal(signal.SIGINT, self._handler)
 
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
 
-def seed_everything(seed: int) -> None:
-    import torch
+    def ignore_more(self) -> None:
+        """Ignore further Ctrl-C while the interrupted run cleans up (until :meth:`restore`)."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as plain values (tuples of ints, lists, a float, uint8 tensors),
-    which a weights-only load reads; :func:`restore_rng` restores them exactly."""
-    import torch
-
-    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    numpy_state = {"kind": str(kind), "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                   "gauss": float(gauss)}
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):  # version 2; version 1 holds get_state()'s tuple itself
-        numpy_state = (numpy_state["kind"], np.asarray(numpy_state["key"], dtype=np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["gauss"])
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def gather_objects(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False

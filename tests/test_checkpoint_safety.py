@@ -247,7 +247,7 @@ def draws():
 
 
 def test_rng_state_is_plain_and_restores_exactly(tmp_path):
-    from bsp_dali.train import restore_rng, rng_state, seed_everything
+    from bsp_dali.checkpointer import restore_rng, rng_state, seed_everything
 
     seed_everything(7)
     np.random.normal()  # a cached Gaussian in NumPy's legacy state
@@ -263,7 +263,7 @@ def test_rng_state_is_plain_and_restores_exactly(tmp_path):
 
 def test_version_1_checkpoint_is_read_through_the_numpy_allow_list(tmp_path):
     """Version 1 (before weights-only loads) pickled np.random.get_state()'s array."""
-    from bsp_dali.train import restore_rng, seed_everything
+    from bsp_dali.checkpointer import restore_rng, seed_everything
 
     seed_everything(9)
     old_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

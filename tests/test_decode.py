@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bsp_dali.augment import apply_cpu
 from bsp_dali.decode import DecodeError, PyAVReader, SourceJob, decode_cpu
 from bsp_dali.videogen import read_frame_index
 from conftest import ffmpeg_frames
@@ -66,9 +67,16 @@ def test_dali_cpu_decoder_on_vp9(indexed_vp9, kinetics_vp9):
         ref = PyAVReader(indexed_vp9).read(v, [3, 1, 1, v.num_frames - 1])
         # two YUV->RGB conversions (DALI, swscale) differ by a couple of levels on average
         assert np.abs(s.astype(int) - ref.astype(int)).mean() < 4.0
-    # a flipped, cropped request is the same frame, transformed
-    crop = dec.decode([SourceRequest(read_bytes(indexed_vp9, 0), [2], (0.0, 0.5, 1.0, 1.0), True)])[0]
+    # a flipped, cropped request is the same frame, transformed: the right half, mirrored
+    box = (0.0, 0.5, 1.0, 1.0)
+    crop = dec.decode([SourceRequest(read_bytes(indexed_vp9, 0), [2], box, True)])[0].astype(int)
     assert crop.shape == (1, 64, 96, 3)
+    raw = PyAVReader(indexed_vp9).read(vids[0], [2])
+    err = np.abs(crop - apply_cpu(raw, box, True, (64, 96))).mean()
+    assert err < 4.0, err
+    for wrong in (apply_cpu(raw, box, False, (64, 96)), apply_cpu(raw, (0.0, 0.0, 1.0, 0.5), True, (64, 96)),
+                  apply_cpu(PyAVReader(indexed_vp9).read(vids[0], [3]), box, True, (64, 96))):
+        assert np.abs(crop - wrong).mean() > 2 * err + 2  # not unflipped, not the left half, not frame 3
     # past the end: an error (DALI pads silently unless told not to), and the decoder recovers
     bad = SourceRequest(read_bytes(indexed_vp9, 0), [vids[0].num_frames + 5], (0, 0, 1, 1), False)
     with pytest.raises(DaliPipelineError):

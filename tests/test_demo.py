@@ -16,10 +16,12 @@ def test_demo_tiny(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
-    assert 0.0 <= result["boundary_accuracy"] <= 1.0 and result["val_clips"] == 16
+    conf = result["confusion"]
+    assert len(conf) == 4 and sum(map(sum, conf)) == result["val_clips"] == 16  # every held-out clip, once
+    assert result["boundary_accuracy"] == sum(conf[i][i] for i in range(4)) / 16  # the confusion's diagonal
     assert result["chance"] == 0.25 and result["videos"] == 16 and result["classes"] == ["bouncing_ball", "rotating_bar"]
     for key in ("checkpoint", "preview", "metrics", "report"):
         assert Path(result["files"][key]).is_file(), key
     assert (tmp_path / "data" / "bsp-dali-manifest.json").is_file()
-    assert "4-way boundary accuracy" in (tmp_path / "report.md").read_text()
+    assert f"**{100 * result['boundary_accuracy']:.1f}%**" in (tmp_path / "report.md").read_text()
     assert len(list((tmp_path / "data" / "train").rglob("*.mp4"))) == 16

@@ -132,5 +132,9 @@ def test_inspect_writes_scores_and_plot(tmp_path, tiny_checkpoint):
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((tmp_path / "insp" / "separability.json").read_text())
     assert set(result["encoders"]) == {"bsp", "untrained"}
-    assert all(0 <= r["separability_auc"] <= 1 for r in result["encoders"].values())
+    for r in result["encoders"].values():  # the AUC of the written distances, by counting pairs
+        pos, neg = r["distances"]["boundary"], r["distances"]["non_boundary"]
+        assert len(pos) == result["pairs"]["boundary"] and len(neg) == result["pairs"]["non_boundary"]
+        want = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+        assert r["separability_auc"] == pytest.approx(want, abs=1e-12)
     assert result["pairs"]["boundary"] >= 1 and (tmp_path / "insp" / "separability.png").stat().st_size > 1000

@@ -67,8 +67,8 @@ def test_same_samples_whatever_the_batch_size_and_resume_point(indexed_h264):
     d = make(indexed_h264, batch_size=2, epoch_size=8, seed=3)
     d.load_state_dict(state)
     rest = [x for x in d]
+    assert len(whole) == 4 and len(big) == 2 and len(rest) == 3
     assert torch.equal(first["video"], whole[0]["video"])
-    assert len(rest) == 3
     for x, y in zip(rest, whole[1:]):
         assert torch.equal(x["video"], y["video"]) and torch.equal(x["index"], y["index"])
     with pytest.raises(ValueError, match="seed"):
@@ -117,7 +117,9 @@ def test_vp9_through_dali_cpu_and_h264_through_pyav(indexed_vp9, indexed_h264):
     it = make(indexed_vp9, batch_size=3, epoch_size=6, return_recipes=True)
     assert it.decoder == "dali"
     ref = make(indexed_vp9, batch_size=3, epoch_size=6, decoder="pyav")
-    for a, b in zip(it, ref):
+    pairs = list(zip(it, ref))
+    assert len(pairs) == len(it) == 2
+    for a, b in pairs:
         assert a["video"].shape == b["video"].shape
         # same plans, two decoders and two resamplers: close, not equal
         diff = (a["video"] - b["video"]).abs() * 58.0  # back to pixel levels, roughly
@@ -142,6 +144,7 @@ def test_a_file_broken_after_indexing_is_replaced_not_fatal(tmp_path, kinetics_h
     clean = make(index.subset(range(len(index))), batch_size=3, epoch_size=9, synthesis=SynthesisConfig(types=("same_speed",)))
     clean_recs = [clean.plan(i, 0).to_json() for i in range(9)]
     kept = [r for b in batches for r in b["recipes"]]
+    assert len(kept) == len(clean_recs) == 9
     for r, c in zip(kept, clean_recs):
         if c["sources"][0]["path"] != victim.path:
             assert r == c

@@ -301,6 +301,13 @@ def test_videos_shorter_than_the_fixed_length_are_decoded_not_excluded(indexed_v
     stage.close()
 
 
+def test_batches_ahead_counts_the_chunks_a_file_list_stream_holds(indexed_vp9):
+    """A benchmark's warm-up drains prefetch + what the stage holds in flight (BSPIterator.depth)."""
+    listed = dali_stage(indexed_vp9, pipelines=3, ahead=2)
+    assert listed.batches_ahead == 6  # 3 pipelines x chunks of 2 batches
+    assert dali_stage(indexed_vp9, dali_reader="decoder").batches_ahead == 0  # decoded on demand
+
+
 # ---------------------------------------------------------------------------------- PyAV in worker processes
 @pytest.fixture()
 def broken_h264(tmp_path, kinetics_h264):

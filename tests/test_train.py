@@ -1,7 +1,10 @@
-"""`bsp-dali train` on real H.264 files, on the CPU: every task, checkpoints, kill and resume, DDP."""
+"""`bsp-dali train` on real H.264 files, on the CPU: every task, checkpoints, kill and resume, Ctrl-C, a full
+disk, DDP."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,25 +56,34 @@ def run(args, **kw):
                           timeout=600, **kw)
 
 
-def kill_after_checkpoint(args, out, step, group):
-    """Start a training run, SIGKILL it (with its workers when ``group``) as soon as a checkpoint of
-    at least ``step`` exists; returns the checkpoint's path."""
+def signal_after_checkpoint(args, out, step, group, sig=signal.SIGKILL):
+    """Start a training run, send it ``sig`` (its whole process group when ``group``: launcher and
+    workers, as a terminal's Ctrl-C does) as soon as a checkpoint of at least ``step`` exists; returns
+    the checkpoint's path and the finished process (with its stdout and stderr)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=group)
-    last = out / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True)["step"] >= step:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    if group:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return last
+    with open(out.parent / f"{out.name}.stdout", "w+") as fout, open(out.parent / f"{out.name}.stderr", "w+") as ferr:
+        proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *args], env=env, stdout=fout, stderr=ferr, text=True,
+                                start_new_session=group)
+        last = out / "checkpoints" / "last.pt"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if last.is_file() and torch.load(last, weights_only=True)["step"] >= step:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        proc.wait(timeout=120)
+        fout.seek(0)
+        ferr.seek(0)
+        return last, subprocess.CompletedProcess(proc.args, proc.returncode, fout.read(), ferr.read())
+
+
+def kill_after_checkpoint(args, out, step, group):
+    """SIGKILL the run (with its workers when ``group``) once a checkpoint of ``step`` exists."""
+    return signal_after_checkpoint(args, out, step, group)[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +99,10 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     assert "validation accuracy" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 8 and summary["epoch"] == 1  # 2 epochs of 8 clips / batch 2
-    assert 0.0 <= summary["validation"]["val_accuracy"] <= 1.0 and summary["validation"]["val_clips"] == 8
-    assert len(summary["validation"]["confusion"]) == 4
+    val = summary["validation"]
+    conf = torch.tensor(val["confusion"])
+    assert conf.shape == (4, 4) and int(conf.sum()) == val["val_clips"] == 8  # every held-out clip, once
+    assert val["val_accuracy"] == pytest.approx(float(conf.trace()) / 8)  # the confusion's diagonal
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 8 and ckpt["config"]["model"]["arch"] == "resnet18"
     assert {"model", "optimizer", "scheduler", "rng", "loaders"} <= set(ckpt) and ckpt["loaders"][0]["bsp"]["batch"] == 4
@@ -96,7 +110,11 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 9))
-    assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in steps)
+    for r in steps:  # one step per logging interval: its figures follow from its own timings
+        assert r["interval_steps"] == 1 and r["interval_s"] > 0
+        assert r["clips_per_s"] == pytest.approx(2 / r["interval_s"])  # batch 2 over the wall interval
+        assert r["step_s"] + r["wait_s"] == pytest.approx(r["interval_s"])
+        assert r["data_wait"] == pytest.approx(r["wait_s"] / r["interval_s"]) == pytest.approx(r["host_wait"])
     assert any("val_accuracy" in r for r in recs)
     assert not list((out / "checkpoints").glob("*.tmp*"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -215,3 +233,86 @@ def test_learning_rate_schedule_never_exceeds_the_base_rate():
             assert max(f) <= 1.0 and min(f) >= 0.0
             if warm:
                 assert f[0] < f[int(warm * 7) - 1] <= 1.0
+
+
+def test_a_run_resumed_past_max_steps_takes_no_step(tmp_path, bsp_run, data, cfg_file):
+    """Resumed at step 8 with --max-steps 6 (and one more epoch to go): it stops where it is."""
+    ref_out, _ = bsp_run
+    ref = json.loads((ref_out / "summary.json").read_text())["weight_fingerprints"][0]
+    out = tmp_path / "past"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(ref_out / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
+    res = run(train_args(data, out, cfg_file, "--epochs", "3", "--max-steps", "6", "--deterministic"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stderr and "done: 8 steps" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 8 and summary["weight_fingerprints"][0] == ref
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+
+
+INTERRUPTED = re.compile(r"interrupted at step (\d+); the last checkpoint is (\S+) \(step (\d+)\): run the same "
+                         r"command to resume from it")
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(tmp_path, data, cfg_file, nproc):
+    """SIGINT to the process group, as a terminal sends it to the launcher and every worker."""
+    from bsp_models import load_bsp_checkpoint
+
+    out = tmp_path / "run"
+    args = train_args(data, out, cfg_file, "--nproc", str(nproc), "--checkpoint-every", "2", "--epochs", "50")
+    last, res = signal_after_checkpoint(args, out, step=2, group=True, sig=signal.SIGINT)
+    assert res.returncode == 130, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "SignalException" not in res.stderr, res.stderr[-3000:]
+    assert "W1" not in res.stderr  # no launcher warnings (torch's log format: W<month><day> ...)
+    line = res.stderr.strip().splitlines()[-1]
+    m = INTERRUPTED.fullmatch(line)
+    assert m, line
+    step, path, saved = int(m.group(1)), Path(m.group(2)), int(m.group(3))
+    assert path == last and 2 <= saved <= step
+    state = load_bsp_checkpoint(path)  # intact, weights-only
+    assert state["step"] == saved and len(state["loaders"]) == nproc
+    assert not list(last.parent.glob("*.tmp*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["step"] == step
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_last_checkpoint(tmp_path, bsp_run, data, cfg_file):
+    """A tmpfs that holds the last checkpoint and a little more: the next checkpoint does not fit."""
+    ref_last = bsp_run[0] / "checkpoints" / "last.pt"
+    out = tmp_path / "small-disk"
+    out.mkdir()
+    size_mb = ref_last.stat().st_size // 2**20 + 16
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(out)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (the injected-ENOSPC tests in test_checkpointer.py always run)")
+    try:
+        (out / "checkpoints").mkdir()
+        shutil.copy(ref_last, out / "checkpoints" / "last.pt")
+        before = (out / "checkpoints" / "last.pt").read_bytes()
+        res = run(train_args(data, out, cfg_file, "--epochs", "3", "--checkpoint-every", "1"))
+        assert res.returncode == 3, res.stderr[-3000:]
+        assert "Traceback" not in res.stderr
+        err = " ".join(res.stderr.split())
+        assert f"error: no space left to write checkpoint {out / 'checkpoints' / 'last.pt'}: it needs " in err
+        assert re.search(r"it needs \d+\.\d MiB, its disk has \d+\.\d MiB free\. The previous checkpoint is kept", err)
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
+        assert (out / "checkpoints" / "last.pt").read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+
+
+def test_the_interrupt_line_in_each_case():
+    import pickle
+
+    from bsp_dali.train import TrainingInterrupted
+
+    last = Path("runs/bsp/checkpoints/last.pt")
+    assert TrainingInterrupted(57, last, 50).message == \
+        f"interrupted at step 57; the last checkpoint is {last} (step 50): run the same command to resume from it"
+    assert TrainingInterrupted(3, None, None).message == \
+        "interrupted at step 3, before the first checkpoint: the same command starts the run over"
+    assert TrainingInterrupted(None, last, None).message == \
+        f"interrupted; the last checkpoint is {last}: run the same command to resume from it"
+    again = pickle.loads(pickle.dumps(TrainingInterrupted(57, last, 50, rank=3)))
+    assert isinstance(again, KeyboardInterrupt) and (again.step, again.checkpoint, again.rank) == (57, last, 3)
