@@ -85,7 +85,8 @@ def thread_cpu(native_id: int | None) -> float:
 
 def decode_cost(index: DatasetIndex, plans: list[Any]) -> int:
     """Frames a plain seeking decoder decodes for the plans (keyframe through last frame, per source)."""
-    return sum(index.videos[s.video].frames_to_decode(min(f), max(f)) for p in plans for s, f in zip(p.sources, p.frames))
+    return sum(index.videos[s.video].frames_to_decode(min(f), max(f))
+               for p in plans for s, f in zip(p.sources, p.frames))
 
 
 class BaselineDataset:
@@ -106,10 +107,12 @@ class BaselineDataset:
         from bsp_dali.planner import Planner
 
         if self._planner is None:
-            self._planner = Planner(self.index, self.synthesis, seed=0, spatial=SpatialConfig(size=(self.size, self.size)))
+            self._planner = Planner(self.index, self.synthesis, seed=0,
+                                    spatial=SpatialConfig(size=(self.size, self.size)))
             self._reader = PyAVReader(self.index)
         plan = self._planner.plan(i, 0)
-        stacks = [apply_cpu(self._reader.read(self.index.videos[s.video], f), plan.crop, plan.flip, (self.size, self.size))
+        size = (self.size, self.size)
+        stacks = [apply_cpu(self._reader.read(self.index.videos[s.video], f), plan.crop, plan.flip, size)
                   for s, f in zip(plan.sources, plan.frames)]
         video = synthesize_reference(stacks, RecipeTables.from_plans([plan]), dtype=OutDType.FLOAT32)[0]
         return torch.from_numpy(video), i
@@ -164,7 +167,8 @@ def run_baseline(index: DatasetIndex, args: argparse.Namespace, syn: SynthesisCo
     return {"row": "baseline", **row}
 
 
-def run_pipeline(index: DatasetIndex, args: argparse.Namespace, syn: SynthesisConfig, name: str, **kw: Any) -> dict[str, Any]:
+def run_pipeline(index: DatasetIndex, args: argparse.Namespace, syn: SynthesisConfig, name: str,
+                 **kw: Any) -> dict[str, Any]:
     from bsp_dali.iterator import BSPIterator
 
     plain = kw.pop("plain", False)
@@ -251,7 +255,8 @@ def main() -> None:
     base = next((r for r in rows if r["row"] == "baseline"), None)
     if base is not None:
         for r in rows:
-            r["cpu_per_clip_vs_baseline"] = base["cpu_s_per_clip"] / r["cpu_s_per_clip"]
+            # CPU time is counted in clock ticks (10 ms): a run too short to register gives no ratio
+            r["cpu_per_clip_vs_baseline"] = base["cpu_s_per_clip"] / r["cpu_s_per_clip"] if r["cpu_s_per_clip"] else None
     result = {"settings": vars(args), "rows": rows, "cores": len(os.sched_getaffinity(0))}
     print(json.dumps(result, indent=1))
     if args.out:

@@ -433,5 +433,5 @@ class DecodeStage:
         self._variable = self._fixed_sync = None
 
 
-__all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS", "StageOptions",
-           "dali_installed"]
+__all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS",
+           "StageOptions", "dali_installed"]
