@@ -256,7 +256,8 @@ def main() -> None:
     if base is not None:
         for r in rows:
             # CPU time is counted in clock ticks (10 ms): a run too short to register gives no ratio
-            r["cpu_per_clip_vs_baseline"] = base["cpu_s_per_clip"] / r["cpu_s_per_clip"] if r["cpu_s_per_clip"] else None
+            cpu = r["cpu_s_per_clip"]
+            r["cpu_per_clip_vs_baseline"] = base["cpu_s_per_clip"] / cpu if cpu else None
     result = {"settings": vars(args), "rows": rows, "cores": len(os.sched_getaffinity(0))}
     print(json.dumps(result, indent=1))
     if args.out:
