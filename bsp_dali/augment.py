@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -102,17 +103,58 @@ def draw(rng: np.random.Generator, cfg: SpatialConfig, width: int, height: int) 
 
 def apply_cpu(frames: np.ndarray, box: Box, flip: bool, size: tuple[int, int]) -> np.ndarray:
     """FHWC uint8 -> FHWC uint8 of ``size``: crop ``box``, resize (bilinear, antialiased), flip."""
+    out = np.empty((frames.shape[0], size[0], size[1], frames.shape[3]), np.uint8)
+    for f, frame in enumerate(frames):
+        transform_frame_cpu(frame, box, flip, size, out[f])
+    return out
+
+
+def transform_frame_cpu(frame: np.ndarray, box: Box, flip: bool, size: tuple[int, int], out: np.ndarray) -> None:
+    """One frame of :func:`apply_cpu`, HWC uint8, written into ``out`` (HWC uint8 of ``size``, any
+    strides: a slot of shared memory in the decode workers). The same pixels as ``apply_cpu``."""
     from PIL import Image
 
-    F, H, W, _ = frames.shape
-    out_h, out_w = size
-    y0, x0, y1, x1 = box
-    if box == FULL_BOX and (H, W) == (out_h, out_w):
-        out = frames.copy()
+    H, W = frame.shape[:2]
+    if box == FULL_BOX and (H, W) == tuple(size):
+        out[...] = frame[:, ::-1] if flip else frame
+        return
+    resized = _resize(Image.fromarray(frame), box, H, W, size)
+    if frame.shape[2] == 3:
+        _write_rgb(resized, flip, out)
     else:
-        pixel_box = (x0 * W, y0 * H, x1 * W, y1 * H)
-        out = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BILINEAR, box=pixel_box))
-                        for f in frames]) if F else np.zeros((0, out_h, out_w, frames.shape[3]), np.uint8)
+        res = np.asarray(resized)
+        out[...] = res[:, ::-1] if flip else res
+
+
+def transform_av_frame(frame: Any, box: Box, flip: bool, size: tuple[int, int], out: np.ndarray) -> None:
+    """:func:`transform_frame_cpu` of a decoded PyAV frame (``av.VideoFrame``): the same rgb24
+    conversion, read by Pillow straight from FFmpeg's padded rows (a NumPy view of them is not
+    contiguous, so ``Image.fromarray`` would copy it first; ``VideoFrame.to_image`` is slower
+    still)."""
+    from PIL import Image
+
+    H, W = frame.height, frame.width
+    if box == FULL_BOX and (H, W) == tuple(size):
+        transform_frame_cpu(frame.to_ndarray(format="rgb24"), box, flip, size, out)
+        return
+    rgb = frame.reformat(format="rgb24")
+    plane = rgb.planes[0]
+    image = Image.frombuffer("RGB", (W, H), plane, "raw", "RGB", plane.line_size, 1)
+    _write_rgb(_resize(image, box, H, W, size), flip, out)
+
+
+def _resize(image: Any, box: Box, H: int, W: int, size: tuple[int, int]) -> Any:
+    from PIL import Image
+
+    y0, x0, y1, x1 = box
+    return image.resize((size[1], size[0]), Image.BILINEAR, box=(x0 * W, y0 * H, x1 * W, y1 * H))
+
+
+def _write_rgb(image: Any, flip: bool, out: np.ndarray) -> None:
+    """A Pillow RGB/RGBX image into ``out`` (HWC uint8, 3 channels): flipped and packed by Pillow,
+    one contiguous copy here."""
+    from PIL import Image
+
     if flip:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out[...] = np.frombuffer(image.tobytes("raw", "RGB"), np.uint8).reshape(out.shape)

@@ -32,7 +32,7 @@ import queue
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from .windows import BatchWindows
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+SYNTHESIZED_AHEAD = 1  # synthesized batches waiting for the consumer (CPU), besides `prefetch` decoded ones
 
 __all__ = ["BSPIterator", "DecodeFailures", "LastBatchPolicy", "MAX_BAD_VIDEOS", "RawBatch"]
 
@@ -103,6 +104,9 @@ class BSPIterator:
     dali_reader, pipelines, decode_ahead: the DALI reader (``auto``, ``legacy``, ``experimental``,
         ``decoder``), pipelines at once (default: one per NVDEC engine on the GPU) and batches
         planned per pipeline chunk (see ``bsp_dali.stage``).
+    cpu_workers: how PyAV decodes on the CPU: ``"processes"`` (default: ``num_threads`` worker
+        processes, one per core by default, handing frames back in shared memory) or ``"threads"``
+        (a thread pool in this process).
     """
 
     def __init__(self, data: DatasetIndex | str, batch_size: int, *, synthesis: SynthesisConfig | None = None,
@@ -113,7 +117,7 @@ class BSPIterator:
                  shard: tuple[int, int] | None = None, return_recipes: bool = False, num_threads: int | None = None,
                  prefetch: int = 2, device_id: int | None = None, max_bad_videos: int = MAX_BAD_VIDEOS,
                  reader: FrameReader | None = None, share: int = 1, dali_reader: str = "auto",
-                 pipelines: int | None = None, decode_ahead: int | None = None):
+                 pipelines: int | None = None, decode_ahead: int | None = None, cpu_workers: str = "processes"):
         if isinstance(data, DatasetIndex):
             index = data
         else:
@@ -150,7 +154,7 @@ class BSPIterator:
         self.stage = DecodeStage(index, self.planner, StageOptions(
             size=self.spatial.size, device=self.device, decoder=decoder, dali_reader=dali_reader,
             num_threads=num_threads, device_id=self.device_id, pipelines=pipelines, ahead=decode_ahead,
-            max_bad_videos=int(max_bad_videos)), mode=mode, reader=reader)
+            max_bad_videos=int(max_bad_videos), cpu_workers=cpu_workers), mode=mode, reader=reader)
         self.decoder = self.stage.decoder
         self.num_threads = self.stage.threads
         self.max_bad_videos = self.stage.max_bad_videos
@@ -177,8 +181,10 @@ class BSPIterator:
     @property
     def depth(self) -> int:
         """Batches the iterator can hold ready before the consumer asks: the prefetch queue plus
-        what the decode stage keeps in flight (what a benchmark's warm-up must drain)."""
-        return self.prefetch + self.stage.batches_ahead
+        what the decode stage keeps in flight, and on the CPU the synthesis thread's batch and
+        queue (what a benchmark's warm-up must drain)."""
+        synthesis = 1 + SYNTHESIZED_AHEAD if self.device != "gpu" else 0
+        return self.prefetch + self.stage.batches_ahead + synthesis
 
     @property
     def banned(self) -> dict[int, str]:
@@ -282,7 +288,8 @@ class BSPIterator:
         if self.position >= len(self):
             self._stop_worker()
             raise StopIteration
-        raw = self._finish(self._worker.get())
+        item = self._worker.get()
+        raw = item if isinstance(item, RawBatch) else self._finish(item)
         self.position += 1
         return raw
 
@@ -306,7 +313,7 @@ class BSPIterator:
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
-            self._stop_worker()
+            self.close()  # an iterator dropped mid-epoch stops its threads and decode workers
         except Exception:  # noqa: BLE001
             pass
 
@@ -317,19 +324,19 @@ class BSPIterator:
 
     # ------------------------------------------------------------------ the work of one batch
     def _finish(self, decoded: DecodedBatch) -> RawBatch:
-        """Main thread: the synthesis (the fused kernel on the GPU, NumPy on the CPU)."""
-        tables = decoded.tables()
-        stacks = decoded.stacks
+        """The synthesis of one batch (the fused kernel on the GPU, NumPy on the CPU), here: on the
+        CPU the prefetcher's synthesis thread runs it instead (``_cpu_synthesis``)."""
         if self.device != "gpu":
-            video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
-            return RawBatch(decoded.plans, video, decoded.windows)
+            return _cpu_synthesis(self.mean, self.std, self.dtype, self.layout)(decoded)
         from .gpu import import_cupy
 
         cp = import_cupy()
+        tables = decoded.tables()
         with cp.cuda.Device(self.device_id):
             # host-decoded stacks (PyAV): one upload each; DALI's stacks are already on the device
-            stacks = [s if not isinstance(s, np.ndarray) else cp.asarray(s) for s in stacks]
+            stacks = [s if not isinstance(s, np.ndarray) else cp.asarray(s) for s in decoded.stacks]
             video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
+        decoded.release()  # the uploads are done: host stacks may go back to their ring
         return RawBatch(decoded.plans, video, decoded.windows)
 
     def render(self, plans: Sequence[SamplePlan]) -> RawBatch:
@@ -359,9 +366,24 @@ class BSPIterator:
         return out
 
 
+def _cpu_synthesis(mean: Any, std: Any, dtype: OutDType, layout: Layout) -> Callable[[DecodedBatch], RawBatch]:
+    """The CPU synthesis of a decoded batch, as a function that holds no reference to the iterator
+    (the synthesis thread runs it). The batch's stacks are released as soon as they are used."""
+
+    def finish(decoded: DecodedBatch) -> RawBatch:
+        video = synthesize(decoded.stacks, decoded.tables(), mean=mean, std=std, dtype=dtype, layout=layout)
+        decoded.release()
+        return RawBatch(decoded.plans, video, decoded.windows)
+
+    return finish
+
+
 class _Prefetcher:
     """Runs the decode stage for one epoch, from a start position, in a background thread, up to
-    ``prefetch`` decoded batches ahead of the consumer."""
+    ``prefetch`` decoded batches ahead of the consumer. On the CPU a second thread synthesizes the
+    decoded batches (NumPy releases the GIL in its loops), so the synthesis of batch i+1 overlaps
+    the training step of batch i; the consumer gets finished :class:`RawBatch` es. On the GPU the
+    consumer's thread launches the kernel (its CUDA stream)."""
 
     def __init__(self, it: BSPIterator, epoch: int, start: int):
         self.q: queue.Queue = queue.Queue(maxsize=it.prefetch)
@@ -370,7 +392,25 @@ class _Prefetcher:
         # a weak reference: an iterator dropped mid-epoch is collected, and its __del__ stops us
         self.thread = threading.Thread(target=self._run, args=(weakref.ref(it.stage), epoch, batches), daemon=True,
                                        name="bsp-prefetch")
+        self.synth: threading.Thread | None = None
+        self.out = self.q
+        if it.device != "gpu":
+            self.out = queue.Queue(maxsize=SYNTHESIZED_AHEAD)
+            self.synth = threading.Thread(target=self._synthesize,
+                                          args=(_cpu_synthesis(it.mean, it.std, it.dtype, it.layout),),
+                                          daemon=True, name="bsp-synthesis")
         self.thread.start()
+        if self.synth is not None:
+            self.synth.start()
+
+    def _put(self, q: queue.Queue, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _run(self, ref: "weakref.ref[DecodeStage]", epoch: int, batches: list[list[int]]) -> None:
         stream = None
@@ -381,27 +421,41 @@ class _Prefetcher:
             stream = stage.stream(epoch, batches)
             del stage
             for item in stream:
-                while not self._stop.is_set():
-                    try:
-                        self.q.put(("ok", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                ok = self._put(self.q, ("ok", item))
                 del item
-                if self._stop.is_set():
+                if not ok or self._stop.is_set():
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            self.q.put(("error", e))
+            self._put(self.q, ("error", e))
         finally:
             if stream is not None:
                 stream.close()
 
+    def _synthesize(self, finish: Callable[[DecodedBatch], RawBatch]) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    status, item = self.q.get(timeout=0.1)
+                except queue.Empty:
+                    if not self.thread.is_alive() and self.q.empty():
+                        return  # the consumer sees that no batch comes
+                    continue
+                if status == "ok":
+                    item = finish(item)
+                ok = self._put(self.out, (status, item))
+                del item
+                if not ok or status == "error":
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(self.out, ("error", e))
+
     def get(self) -> Any:
+        last = self.synth or self.thread
         while True:
             try:
-                status, item = self.q.get(timeout=1.0)
+                status, item = self.out.get(timeout=1.0)
             except queue.Empty:
-                if not self.thread.is_alive() and self.q.empty():
+                if not last.is_alive() and self.out.empty():
                     raise RuntimeError("the prefetch thread stopped without a batch") from None
                 continue
             if status == "error":
@@ -410,10 +464,15 @@ class _Prefetcher:
 
     def stop(self) -> None:
         self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self.q.get_nowait()
-            except queue.Empty:
+        threads = [t for t in (self.thread, self.synth) if t is not None and t is not threading.current_thread()]
+        while True:  # unblock producers waiting on a full queue; drop the batches (and their shared memory)
+            for q in {id(self.q): self.q, id(self.out): self.out}.values():
+                while True:
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        break
+            if not any(t.is_alive() for t in threads):
                 break
-        if threading.current_thread() is not self.thread:
-            self.thread.join()  # never two prefetchers at once: they share the stage's readers
+            for t in threads:
+                t.join(timeout=0.05)  # never two prefetchers at once: they share the stage's readers

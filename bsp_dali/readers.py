@@ -9,9 +9,9 @@ as the :class:`~bsp_dali.decode.DecodeError` of its units (naming the file and t
 raises only for programming errors. Readers are deterministic functions of the units.
 
 Backends: :class:`CPUWindowReader` over any frame reader (PyAV with a keyframe seek and one forward
-decode per window; the procedural demo videos; stand-ins in tests) in a thread pool, and DALI's
-readers in ``bsp_dali.dali_readers``. A reader for worker processes with shared memory (issue 14)
-implements the same method.
+decode per window; the procedural demo videos; stand-ins in tests) in a thread pool;
+:class:`~bsp_dali.procreader.ProcessWindowReader`, PyAV in worker processes writing into shared
+memory (the CPU's default for real files); and DALI's readers in ``bsp_dali.dali_readers``.
 """
 
 from __future__ import annotations

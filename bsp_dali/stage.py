@@ -9,7 +9,8 @@ What it owns:
 * **Planning** (``plan``): the planner's draw for a sample, or its replacement draw when the
   sample used a banned video. ``plan_windows`` turns a batch's plans into decode units.
 * **Routing** (``route``): which reader decodes which unit. The procedural demo videos: the demo
-  reader. ``decoder="pyav"``: PyAV (CPU). ``decoder="dali"``: on the GPU every file goes to a
+  reader. ``decoder="pyav"``: PyAV (CPU), in worker processes (``cpu_workers``, see
+  ``bsp_dali.procreader``) that get the next batch's units ahead. ``decoder="dali"``: on the GPU every file goes to a
   DALI file-list reader (``fn.readers.video``, "legacy", by default) in windows of the fixed
   length ``L`` (``fixed_window_length``); on the CPU VP8/VP9/MJPEG go to
   ``fn.experimental.readers.video`` on the CPU and everything else (H.264) to PyAV. Units that
@@ -35,7 +36,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .dali_readers import DaliFileListReader, DaliFramesReader, DaliReaderKind
-from .decode import DecodeError, FrameReader, default_threads, select_reader
+from .config import ChoiceEnum
+from .decode import DecodeError, FrameReader, PyAVReader, default_threads, select_reader
 from .demo import DEMO_SCHEME
 from .gpu import GPUUnavailableError
 from .index import DatasetIndex
@@ -48,6 +50,7 @@ from .windows import BatchWindows, DecodeUnit, fixed_window_length, plan_windows
 log = logging.getLogger(__name__)
 
 MAX_BAD_VIDEOS = 32  # files that may fail in the pipeline before the run stops (tests lower it)
+CPU_CHUNKS_IN_FLIGHT = 2  # chunks handed to the CPU worker processes at once: the one in use and the next
 
 
 
@@ -73,6 +76,13 @@ class DecodedBatch:
     def tables(self) -> RecipeTables:
         return self.windows.tables(self.plans)
 
+    def release(self) -> None:
+        """Drop the batch's references to its stacks, once they are synthesized. Stacks of the worker
+        processes are views into shared memory whose blocks return to the ring when the last
+        reference to them dies (``bsp_dali.procreader``): releasing right after the synthesis
+        returns them at once. Plans and windows stay."""
+        self.stacks = []
+
 
 @dataclass(frozen=True)
 class StageOptions:
@@ -81,7 +91,11 @@ class StageOptions:
     ``legacy``, ``experimental`` or ``decoder`` (``fn.decoders.video`` per source, the old path);
     ``pipelines``: file-list pipelines at once (default: NVDEC engines on the GPU, 1 on the CPU);
     ``ahead``: batches planned per chunk of a file-list pipeline (default 2 on the GPU, 1 on the
-    CPU). The fixed window length follows the planner (its config and ``share``)."""
+    CPU). The fixed window length follows the planner (its config and ``share``).
+    ``cpu_workers``: how the CPU route (PyAV) decodes: ``processes`` (default: ``num_threads``
+    worker processes, one per core by default, writing into shared memory; see
+    ``bsp_dali.procreader``) or ``threads`` (a thread pool in this process). ``skip_nonref``: skip
+    unreferenced frames before each window (exact; see ``bsp_dali.decode.decode_window``)."""
 
     size: tuple[int, int]
     device: str = "cpu"
@@ -92,6 +106,19 @@ class StageOptions:
     pipelines: int | None = None
     ahead: int | None = None
     max_bad_videos: int = MAX_BAD_VIDEOS
+    cpu_workers: str = "processes"
+    skip_nonref: bool = True
+
+
+class CPUWorkers(ChoiceEnum):
+    """Where the CPU route decodes: worker processes (shared memory) or threads of this process."""
+
+    PROCESSES = "processes"
+    THREADS = "threads"
+
+    @classmethod
+    def what(cls) -> str:
+        return "cpu_workers"
 
 
 def dali_installed() -> bool:
@@ -129,9 +156,20 @@ class DecodeStage:
         if options.pipelines is not None and options.pipelines < 1:
             raise ValueError(f"pipelines ({options.pipelines}) must be >= 1")
         self.ahead = int(options.ahead or (2 if self.device == "gpu" else 1))
-        self.cpu_reader: WindowReader = cpu_reader or CPUWindowReader(
-            index, reader or select_reader(index), self.size, self.threads,
-            "procedural demo frames" if self.decoder == "demo" else "PyAV (CPU)")
+        self.cpu_workers = CPUWorkers.parse(options.cpu_workers)
+        if cpu_reader is None:
+            if reader is None and self.decoder != "demo" and self.cpu_workers is CPUWorkers.PROCESSES:
+                from .procreader import ProcessWindowReader, default_workers
+
+                cpu_reader = ProcessWindowReader(index, self.size, options.num_threads or default_workers(),
+                                                 skip_nonref=options.skip_nonref)
+            else:
+                if reader is None and self.decoder != "demo":
+                    reader = PyAVReader(index, skip_nonref=options.skip_nonref)
+                cpu_reader = CPUWindowReader(index, reader or select_reader(index), self.size, self.threads,
+                                             "procedural demo frames" if self.decoder == "demo" else
+                                             f"PyAV (CPU) in {self.threads} thread{'s' if self.threads > 1 else ''}")
+        self.cpu_reader: WindowReader = cpu_reader
         self._variable: DaliFramesReader | None = None
         self._fixed_sync: DaliFileListReader | None = None
         self._pool: Any = None
@@ -302,21 +340,33 @@ class DecodeStage:
     def stream(self, epoch: int, batches: Iterable[Sequence[int]]) -> Iterator[DecodedBatch]:
         """The decoded batches of ``batches`` (lists of sample indices), in order. With a file-list
         reader, chunks of ``ahead`` batches are planned ahead and decoded by ``pipelines`` pipelines
-        at once; otherwise each batch is decoded when it is asked for."""
-        if self.decoder != "dali" or self.dali_reader is DaliReaderKind.DECODER:
+        at once; a CPU reader that takes requests ahead (the worker processes) gets the next batch's
+        units while this one is used; otherwise each batch is decoded when it is asked for."""
+        fixed, cpu_ahead = self._streams_ahead()
+        if not fixed and not cpu_ahead:
             for ids in batches:
                 yield self.decode(epoch, ids)
             return
-        yield from self._stream_chunks(epoch, list(batches))
+        yield from self._stream_chunks(epoch, list(batches), fixed, cpu_ahead)
+
+    def _streams_ahead(self) -> tuple[bool, bool]:
+        """(file-list pipelines, a CPU reader that takes units ahead and gets some)."""
+        fixed = self.decoder == "dali" and self.dali_reader is not DaliReaderKind.DECODER
+        cpu_ahead = hasattr(self.cpu_reader, "submit") and (
+            self.decoder == "pyav" or (self.decoder == "dali" and self.device == "cpu" and any(
+                (v.codec or "") not in DALI_CPU_CODECS for v in self.index.videos)))
+        return fixed, cpu_ahead
 
     @property
     def batches_ahead(self) -> int:
         """Batches ``stream`` may hold decoded or in flight beyond the one being consumed: a chunk
-        of ``ahead`` batches in each of the ``pipelines`` file-list pipelines, or none when each
-        batch is decoded on demand. A benchmark's warm-up must drain these too."""
-        if self.decoder != "dali" or self.dali_reader is DaliReaderKind.DECODER:
+        of ``ahead`` batches in each of the ``pipelines`` file-list pipelines (at least
+        ``CPU_CHUNKS_IN_FLIGHT`` with the CPU's worker processes), or none when each batch is
+        decoded on demand. A benchmark's warm-up must drain these too."""
+        fixed, cpu_ahead = self._streams_ahead()
+        if not fixed and not cpu_ahead:
             return 0
-        return self.pipelines * self.ahead
+        return max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1) * self.ahead
 
     def _pool_of_readers(self) -> Any:
         if self._pool is None:
@@ -325,8 +375,10 @@ class DecodeStage:
             self._pool = ReaderPool(self._make_fixed, self.pipelines, self.device, self.options.device_id)
         return self._pool
 
-    def _stream_chunks(self, epoch: int, batches: list[Sequence[int]]) -> Iterator[DecodedBatch]:
+    def _stream_chunks(self, epoch: int, batches: list[Sequence[int]], fixed: bool = True,
+                       cpu_ahead: bool = False) -> Iterator[DecodedBatch]:
         chunks = [batches[i:i + self.ahead] for i in range(0, len(batches), self.ahead)]
+        depth = max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1)
         pending: deque = deque()
         nxt = 0
 
@@ -335,30 +387,41 @@ class DecodeStage:
             chunk = chunks[nxt]
             nxt += 1
             plans = [[self.plan(i, epoch) for i in ids] for ids in chunk]
-            units = list(dict.fromkeys(u for ps in plans for u in self.windows(ps).units if self.is_fixed(u)))
-            future = self._pool_of_readers().submit(units) if units else None
-            pending.append((plans, units, future))
+            units = list(dict.fromkeys(u for ps in plans for u in self.windows(ps).units))
+            requests = []
+            fixed_units = [u for u in units if self.is_fixed(u)] if fixed else []
+            if fixed_units:
+                requests.append((fixed_units, self._pool_of_readers().submit(fixed_units)))
+            cpu_units = [u for u in units if self.route(u) == "cpu"] if cpu_ahead else []
+            if cpu_units:
+                requests.append((cpu_units, self.cpu_reader.submit(cpu_units)))  # type: ignore[attr-defined]
+            pending.append((plans, requests))
 
         try:
-            while nxt < len(chunks) and len(pending) < self.pipelines:
+            while nxt < len(chunks) and len(pending) < depth:
                 submit()
             while pending:
-                plans_per_batch, units, future = pending.popleft()
+                plans_per_batch, requests = pending.popleft()
                 if nxt < len(chunks):
-                    submit()  # keep every pipeline busy while this chunk is used
-                have: dict[DecodeUnit, Result] = dict(zip(units, future.result())) if future is not None else {}
+                    submit()  # keep every pipeline (and worker) busy while this chunk is used
+                have: dict[DecodeUnit, Result] = {}
+                for units, future in requests:
+                    have.update(zip(units, future.result()))
+                del requests
                 for plans in plans_per_batch:
                     yield self._resolve(epoch, plans, have)
+                have.clear()
         finally:
-            for _, _, future in pending:
-                if future is not None:
+            for _, requests in pending:
+                for _, future in requests:
                     future.cancel()
-            for _, _, future in pending:
-                if future is not None and not future.cancelled():
-                    try:
-                        future.result()
-                    except Exception:  # noqa: BLE001 - the stream is being abandoned
-                        pass
+            for _, requests in pending:
+                for _, future in requests:
+                    if not future.cancelled():
+                        try:
+                            future.result()
+                        except Exception:  # noqa: BLE001 - the stream is being abandoned
+                            pass
 
     def close(self) -> None:
         if self._pool is not None:
@@ -370,5 +433,5 @@ class DecodeStage:
         self._variable = self._fixed_sync = None
 
 
-__all__ = ["DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS", "StageOptions",
-           "dali_installed"]
+__all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS",
+           "StageOptions", "dali_installed"]

@@ -90,7 +90,8 @@ class TrainConfig:
                                  help="host:port of node 0, reachable from every node.")
     compile: bool = setting(False, flag="--compile", help="torch.compile the model.")
     channels_last: bool = setting(True, help="Channels-last memory format on GPU.")
-    threads: int | None = setting(None, flag="--threads", help="Decode threads per process.")
+    threads: int | None = setting(None, flag="--threads",
+                                  help="Decode threads per process (CPU: PyAV worker processes, one per core).")
     pretrained: str | None = setting(None, flag="--pretrained", metavar="PATH",
                                      help="torchvision ImageNet ResNet weights (local .pth or .safetensors).")
     tsm_checkpoint: str | None = setting(None, flag="--tsm-checkpoint", metavar="PATH",

@@ -126,11 +126,13 @@ def test_vp9_through_dali_cpu_and_h264_through_pyav(indexed_vp9, indexed_h264):
         assert diff.mean() < 6.0
 
 
-def test_a_file_broken_after_indexing_is_replaced_not_fatal(tmp_path, kinetics_h264):
+@pytest.mark.parametrize("cpu_workers", ["processes", "threads"])
+def test_a_file_broken_after_indexing_is_replaced_not_fatal(tmp_path, kinetics_h264, cpu_workers):
     root = tmp_path / "data"
     shutil.copytree(kinetics_h264, root, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
     index = index_data(root, min_frames=8, workers=1).index
-    it = make(index, batch_size=3, epoch_size=9, return_recipes=True, synthesis=SynthesisConfig(types=("same_speed",)))
+    it = make(index, batch_size=3, epoch_size=9, return_recipes=True, synthesis=SynthesisConfig(types=("same_speed",)),
+              cpu_workers=cpu_workers)
     victim = index.videos[it.plan(4, 0).sources[0].video]  # a video that sample 4 uses
     (root / victim.path).write_bytes(b"\x00" * 5000)  # corrupt after probing
     batches = list(it)
@@ -147,7 +149,8 @@ def test_a_file_broken_after_indexing_is_replaced_not_fatal(tmp_path, kinetics_h
         if c["sources"][0]["path"] != victim.path:
             assert r == c
     # with no budget for bad files, the run stops with an error naming the file
-    strict = make(index, batch_size=3, epoch_size=9, max_bad_videos=0, synthesis=SynthesisConfig(types=("same_speed",)))
+    strict = make(index, batch_size=3, epoch_size=9, max_bad_videos=0, synthesis=SynthesisConfig(types=("same_speed",)),
+                  cpu_workers=cpu_workers)
     with pytest.raises(DecodeFailures, match=victim.path.split("/")[-1]):
         list(strict)
 
@@ -206,3 +209,16 @@ def test_an_abandoned_iterator_stops_its_prefetch_thread(indexed_h264):
         next(iter(it2))
         thread = it2._worker.thread
     assert not thread.is_alive()
+
+
+def test_worker_processes_and_threads_give_the_same_batches(indexed_h264):
+    kw = dict(batch_size=3, epoch_size=9, seed=5, dtype="float16", decoder="pyav", num_threads=2)
+    with make(indexed_h264, cpu_workers="processes", **kw) as a, make(indexed_h264, cpu_workers="threads", **kw) as b:
+        assert "worker process" in a.decoder_description and "thread" in b.decoder_description
+        n = 0
+        for x, y in zip(a, b):
+            assert torch.equal(x["video"], y["video"]) and torch.equal(x["index"], y["index"])
+            if n == 0:  # the CPU synthesizes in its own thread, off the consumer's
+                assert a._worker.synth is not None and a._worker.synth.name == "bsp-synthesis"
+            n += 1
+        assert n == 3

@@ -306,3 +306,62 @@ def test_batches_ahead_counts_the_chunks_a_file_list_stream_holds(indexed_vp9):
     listed = dali_stage(indexed_vp9, pipelines=3, ahead=2)
     assert listed.batches_ahead == 6  # 3 pipelines x chunks of 2 batches
     assert dali_stage(indexed_vp9, dali_reader="decoder").batches_ahead == 0  # decoded on demand
+
+
+# ---------------------------------------------------------------------------------- PyAV in worker processes
+@pytest.fixture()
+def broken_h264(tmp_path, kinetics_h264):
+    """A copy of the H.264 data with two files broken after indexing: one zeroed, one with its
+    middle third zeroed."""
+    root = tmp_path / "data"
+    shutil.copytree(kinetics_h264, root, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
+    index = index_data(root, min_frames=8, workers=1).index
+    unopenable, damaged = index.videos[1], index.videos[4]
+    (root / unopenable.path).write_bytes(b"\x00" * 5000)
+    data = (root / damaged.path).read_bytes()
+    n = len(data)
+    (root / damaged.path).write_bytes(data[:n // 3] + b"\x00" * (n // 3) + data[2 * n // 3:])
+    return index, unopenable, damaged
+
+
+def pyav_stage(index, cpu_workers, cfg=None, **opts):
+    planner = Planner(index, cfg or SynthesisConfig(), seed=2, spatial=SpatialConfig(size=(32, 48)))
+    return DecodeStage(index, planner, StageOptions(size=(32, 48), device="cpu", decoder="pyav", num_threads=2,
+                                                    cpu_workers=cpu_workers, **opts))
+
+
+def test_worker_processes_replace_samples_of_broken_files_like_threads(broken_h264):
+    index, unopenable, damaged = broken_h264
+    cfg = SynthesisConfig(types=("same_speed", "diff_class"))
+    procs, threads = pyav_stage(index, "processes", cfg), pyav_stage(index, "threads", cfg)
+    assert "worker process" in procs.description and "thread" in threads.description
+    clean = Planner(index, cfg, seed=2, spatial=SpatialConfig(size=(32, 48)))
+    batches = [list(range(b * 4, b * 4 + 4)) for b in range(6)]
+    broken = {unopenable.path, damaged.path}
+    try:
+        got = list(procs.stream(0, batches))  # the next batch's units go to the workers ahead
+        ref = list(threads.stream(0, batches))
+        assert [[p.index for p in b.plans] for b in got] == batches
+        assert not broken & {s.path for b in got for p in b.plans for s in p.sources}
+        planned = broken & {s.path for i in range(24) for s in clean.plan(i, 0).sources}
+        assert planned and sorted(p for p, _ in procs.failures) == sorted(planned)
+        assert procs.failures == threads.failures
+        for a, b in zip(got, ref):  # the same replacements, windows and pixels either way
+            assert a.plans == b.plans and a.windows == b.windows
+            assert all(np.array_equal(x, y) for x, y in zip(a.stacks, b.stacks))
+            for p in a.plans:
+                if not {s.path for s in clean.plan(p.index, 0).sources} & broken:
+                    assert p == clean.plan(p.index, 0)
+        # no budget: the first broken file stops the run, named
+        strict = pyav_stage(index, "processes", cfg, max_bad_videos=0)
+        with pytest.raises(DecodeFailures, match="|".join(sorted(planned))):
+            list(strict.stream(0, batches))
+        strict.close()
+    finally:
+        procs.close()
+        threads.close()
+
+
+def test_unknown_cpu_workers_are_named(indexed_h264):
+    with pytest.raises(ValueError, match="cpu_workers"):
+        pyav_stage(indexed_h264, "fibers")

@@ -472,28 +472,35 @@ def bench_train_step(index: DatasetIndex, device: str, arch: str, batch: int, th
 # ---------------------------------------------------------------------------------- CPU stages
 def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: SynthesisConfig, size: int,
                   batches: int = 3) -> dict[str, float]:
-    """Seconds per batch of each CPU stage, run one after the other (no overlap): where the time
-    goes. A profile, not a throughput."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..decode import decode_cpu, select_reader, source_jobs
+    """Seconds per batch of each stage of the CPU pipeline, run one after the other (no overlap):
+    where the time goes. Planning (plans and decode windows), decoding + resizing (the decode
+    stage's ``threads`` worker processes, all busy on one batch), synthesis (the NumPy reference).
+    A profile, not a throughput (the pipeline overlaps the three); benchmarks/profile_cpu.py
+    splits CPU seconds by process and thread."""
     from ..planner import Planner
+    from ..stage import DecodeStage, StageOptions
 
     planner = Planner(index, synthesis, seed=0, spatial=SpatialConfig(size=(size, size)))
-    reader = select_reader(index)
+    stage = DecodeStage(index, planner, StageOptions(size=(size, size), device="cpu", decoder="pyav",
+                                                     num_threads=threads))
     t = {"plan": 0.0, "decode_and_resize": 0.0, "synthesize": 0.0}
-    with ThreadPoolExecutor(threads) as pool:
-        for b in range(batches):
+    try:
+        stage.decode(0, list(range(batch)))  # starts the workers: not timed
+        for b in range(1, batches + 1):
             t0 = time.perf_counter()
-            plans = planner.plan_many(range(b * batch, (b + 1) * batch))
+            plans = [stage.plan(i, 0) for i in range(b * batch, (b + 1) * batch)]
+            windows = stage.windows(plans)
             t1 = time.perf_counter()
-            stacks = decode_cpu(source_jobs(plans), index, reader, (size, size), pool)
+            stacks = stage.read(windows.units)
             t2 = time.perf_counter()
-            synthesize_reference(stacks, RecipeTables.from_plans(plans), dtype=OutDType.FLOAT16)
+            synthesize_reference(stacks, windows.tables(plans), dtype=OutDType.FLOAT16)
             t3 = time.perf_counter()
             t["plan"] += t1 - t0
             t["decode_and_resize"] += t2 - t1
             t["synthesize"] += t3 - t2
+            del stacks
+    finally:
+        stage.close()
     return {k: v / batches for k, v in t.items()}
 
 
