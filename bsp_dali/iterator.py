@@ -222,13 +222,11 @@ class BSPIterator:
 
     def batch_indices(self, batch: int) -> list[int]:
         """Sample indices of this shard's ``batch``-th batch of an epoch."""
-        n, B, k = self._shard_count(), self.batch_size, self.share
-        local = list(range(batch * B, min((batch + 1) * B, n)))
-        if self.policy is LastBatchPolicy.FILL:
-            local += list(range(B - len(local)))  # complete the last batch from the shard's start
-            own = self._owned(self.rank)  # this rank's real samples
-            local = [j % own for j in local]
-        return [(self.rank + (j // k) * self.world) * k + j % k for j in local]
+        return self._batch_order()(batch)
+
+    def _batch_order(self) -> "_BatchOrder":
+        return _BatchOrder(self._shard_count(), self._owned(self.rank), self.batch_size, self.share, self.rank,
+                           self.world, self.policy is LastBatchPolicy.FILL)
 
     def plan(self, sample_index: int, epoch: int) -> SamplePlan:
         """The plan of a sample, replaced deterministically if it used a banned video."""
@@ -378,6 +376,28 @@ def _cpu_synthesis(mean: Any, std: Any, dtype: OutDType, layout: Layout) -> Call
     return finish
 
 
+@dataclass(frozen=True)
+class _BatchOrder:
+    """The sample indices of a shard's batches, computed on demand from the epoch's numbers (no
+    reference to the iterator, so a prefetch thread holding it never keeps the iterator alive)."""
+
+    count: int  # samples of this shard per epoch
+    own: int  # this rank's real samples (FILL completes the last batch from them)
+    batch_size: int
+    share: int
+    rank: int
+    world: int
+    fill: bool
+
+    def __call__(self, batch: int) -> list[int]:
+        B, k = self.batch_size, self.share
+        local = list(range(batch * B, min((batch + 1) * B, self.count)))
+        if self.fill:
+            local += list(range(B - len(local)))  # complete the last batch from the shard's start
+            local = [j % self.own for j in local]
+        return [(self.rank + (j // k) * self.world) * k + j % k for j in local]
+
+
 class _Prefetcher:
     """Runs the decode stage for one epoch, from a start position, in a background thread, up to
     ``prefetch`` decoded batches ahead of the consumer. On the CPU a second thread synthesizes the
@@ -388,7 +408,7 @@ class _Prefetcher:
     def __init__(self, it: BSPIterator, epoch: int, start: int):
         self.q: queue.Queue = queue.Queue(maxsize=it.prefetch)
         self._stop = threading.Event()
-        batches = [it.batch_indices(b) for b in range(start, len(it))]
+        batches = map(it._batch_order(), range(start, len(it)))  # lazily: an epoch may hold millions
         # a weak reference: an iterator dropped mid-epoch is collected, and its __del__ stops us
         self.thread = threading.Thread(target=self._run, args=(weakref.ref(it.stage), epoch, batches), daemon=True,
                                        name="bsp-prefetch")
@@ -412,7 +432,7 @@ class _Prefetcher:
                 continue
         return False
 
-    def _run(self, ref: "weakref.ref[DecodeStage]", epoch: int, batches: list[list[int]]) -> None:
+    def _run(self, ref: "weakref.ref[DecodeStage]", epoch: int, batches: Iterator[list[int]]) -> None:
         stream = None
         try:
             stage = ref()

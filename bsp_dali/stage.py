@@ -28,6 +28,7 @@ What it owns:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -347,7 +348,7 @@ class DecodeStage:
             for ids in batches:
                 yield self.decode(epoch, ids)
             return
-        yield from self._stream_chunks(epoch, list(batches), fixed, cpu_ahead)
+        yield from self._stream_chunks(epoch, iter(batches), fixed, cpu_ahead)
 
     def _streams_ahead(self) -> tuple[bool, bool]:
         """(file-list pipelines, a CPU reader that takes units ahead and gets some)."""
@@ -375,17 +376,17 @@ class DecodeStage:
             self._pool = ReaderPool(self._make_fixed, self.pipelines, self.device, self.options.device_id)
         return self._pool
 
-    def _stream_chunks(self, epoch: int, batches: list[Sequence[int]], fixed: bool = True,
+    def _stream_chunks(self, epoch: int, batches: Iterator[Sequence[int]], fixed: bool = True,
                        cpu_ahead: bool = False) -> Iterator[DecodedBatch]:
-        chunks = [batches[i:i + self.ahead] for i in range(0, len(batches), self.ahead)]
+        """Chunks of ``ahead`` batches, taken from ``batches`` as they are needed (an epoch's batch
+        list is never built: it may hold millions)."""
         depth = max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1)
         pending: deque = deque()
-        nxt = 0
 
-        def submit() -> None:
-            nonlocal nxt
-            chunk = chunks[nxt]
-            nxt += 1
+        def submit() -> bool:
+            chunk = list(itertools.islice(batches, self.ahead))
+            if not chunk:
+                return False
             plans = [[self.plan(i, epoch) for i in ids] for ids in chunk]
             units = list(dict.fromkeys(u for ps in plans for u in self.windows(ps).units))
             requests = []
@@ -396,14 +397,16 @@ class DecodeStage:
             if cpu_units:
                 requests.append((cpu_units, self.cpu_reader.submit(cpu_units)))  # type: ignore[attr-defined]
             pending.append((plans, requests))
+            return True
 
         try:
-            while nxt < len(chunks) and len(pending) < depth:
-                submit()
+            more = True
+            while more and len(pending) < depth:
+                more = submit()
             while pending:
                 plans_per_batch, requests = pending.popleft()
-                if nxt < len(chunks):
-                    submit()  # keep every pipeline (and worker) busy while this chunk is used
+                if more:
+                    more = submit()  # keep every pipeline (and worker) busy while this chunk is used
                 have: dict[DecodeUnit, Result] = {}
                 for units, future in requests:
                     have.update(zip(units, future.result()))
