@@ -49,3 +49,22 @@ def test_random_resized_crop_and_flip_match_torchvision(seed):
     # and the comparison is sensitive: the other flip is far off
     other = apply_cpu(stack, snapped, not flip, size).astype(int)
     assert np.abs(other - ref).mean() > 10
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_single_threaded_rgb_conversion_gives_the_default_conversions_pixels(tmp_path, codec):
+    """The decode workers convert to rgb24 with swscale on their own thread (PyAV's default starts
+    a thread pool per call): the pixels must be those of the default conversion."""
+    import av
+
+    from bsp_dali.augment import _rgb24
+    from bsp_dali.videogen import write_kinetics_folder
+
+    write_kinetics_folder(tmp_path, num_classes=1, per_class=1, codec=codec, frames=(12, 12), size=(70, 98))
+    path = next(p for p in tmp_path.rglob("*") if p.suffix in (".mp4", ".webm"))
+    n = 0
+    with av.open(str(path)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            np.testing.assert_array_equal(_rgb24(frame).to_ndarray(), frame.to_ndarray(format="rgb24"))
+            n += 1
+    assert n == 12
