@@ -137,7 +137,7 @@ def transform_av_frame(frame: Any, box: Box, flip: bool, size: tuple[int, int], 
     if box == FULL_BOX and (H, W) == tuple(size):
         transform_frame_cpu(frame.to_ndarray(format="rgb24"), box, flip, size, out)
         return
-    rgb = _rgb24(frame)
+    rgb = rgb24(frame)
     plane = rgb.planes[0]
     image = Image.frombuffer("RGB", (W, H), plane, "raw", "RGB", plane.line_size, 1)
     _write_rgb(_resize(image, box, H, W, size), flip, out)
@@ -146,7 +146,7 @@ def transform_av_frame(frame: Any, box: Box, flip: bool, size: tuple[int, int], 
 _SWS_THREADS_ARG: bool | None = None  # whether this PyAV's reformat takes ``threads`` (PyAV >= 15)
 
 
-def _rgb24(frame: Any) -> Any:
+def rgb24(frame: Any) -> Any:
     """The frame in rgb24, converted by swscale on this thread. PyAV's default (``threads=0``)
     lets swscale start a thread pool for every conversion: one frame of 340x256 then costs twice
     the CPU, most of it creating threads and waiting on them (measured with strace: 11 threads per

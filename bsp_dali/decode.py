@@ -49,16 +49,23 @@ class PyAVReader:
     the ones a full decode gives, and where the mapping is uncertain the reader decodes every frame.
     Off by default: this class is also the plain loop a user would write (the benchmark's
     baseline); the decode stage turns it on.
+    ``rgb_threads``: 0 converts frames to RGB with PyAV's defaults, as a user would
+    (``to_ndarray(format="rgb24")``, which lets swscale start a thread pool per frame); 1 converts
+    on the calling thread (:func:`bsp_dali.augment.rgb24`; same pixels, about half the CPU), what
+    the decode stage uses.
     ``decoded`` / ``fallbacks`` count frames the decoder produced and windows that took the
     plain path (for profiles and tests).
     """
 
-    def __init__(self, index: DatasetIndex, threads: int = 0, skip_nonref: bool = False):
+    def __init__(self, index: DatasetIndex, threads: int = 0, skip_nonref: bool = False, rgb_threads: int = 0):
         if threads < 0:
             raise ValueError(f"threads ({threads}) must be >= 0")
+        if rgb_threads not in (0, 1):
+            raise ValueError(f"rgb_threads ({rgb_threads}) must be 0 (PyAV's default) or 1")
         self.index = index
         self.threads = int(threads)
         self.skip_nonref = bool(skip_nonref)
+        self.rgb_threads = int(rgb_threads)
         self.decoded = 0
         self.fallbacks = 0
 
@@ -67,10 +74,11 @@ class PyAVReader:
         if not wanted:
             raise ValueError("no frames requested")
         got: dict[int, np.ndarray] = {}
+        from .augment import rgb24
 
         def keep(n: int, frame) -> None:
             if n in wanted:
-                got[n] = frame.to_ndarray(format="rgb24")
+                got[n] = rgb24(frame).to_ndarray() if self.rgb_threads == 1 else frame.to_ndarray(format="rgb24")
 
         path = self.index.resolve(video.path)
         self.window(video, min(wanted), max(wanted), keep)

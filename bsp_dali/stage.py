@@ -166,7 +166,7 @@ class DecodeStage:
                                                  skip_nonref=options.skip_nonref)
             else:
                 if reader is None and self.decoder != "demo":
-                    reader = PyAVReader(index, skip_nonref=options.skip_nonref)
+                    reader = PyAVReader(index, skip_nonref=options.skip_nonref, rgb_threads=1)
                 cpu_reader = CPUWindowReader(index, reader or select_reader(index), self.size, self.threads,
                                              "procedural demo frames" if self.decoder == "demo" else
                                              f"PyAV (CPU) in {self.threads} thread{'s' if self.threads > 1 else ''}")
@@ -220,7 +220,7 @@ class DecodeStage:
             what = f"{op} in windows of {self.length} frames"
         if self.device == "gpu":
             return f"DALI NVDEC (GPU): {what}"
-        return f"DALI CPU for VP8/VP9/MJPEG ({what}), PyAV (CPU) for the rest"
+        return f"DALI CPU for VP8/VP9/MJPEG ({what}); the rest: {self.cpu_reader.description}"
 
     # ------------------------------------------------------------------ plans and bans
     def plan(self, sample_index: int, epoch: int) -> SamplePlan:

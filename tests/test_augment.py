@@ -57,7 +57,7 @@ def test_single_threaded_rgb_conversion_gives_the_default_conversions_pixels(tmp
     a thread pool per call): the pixels must be those of the default conversion."""
     import av
 
-    from bsp_dali.augment import _rgb24
+    from bsp_dali.augment import rgb24
     from bsp_dali.videogen import write_kinetics_folder
 
     write_kinetics_folder(tmp_path, num_classes=1, per_class=1, codec=codec, frames=(12, 12), size=(70, 98))
@@ -65,6 +65,6 @@ def test_single_threaded_rgb_conversion_gives_the_default_conversions_pixels(tmp
     n = 0
     with av.open(str(path)) as c:
         for frame in c.decode(c.streams.video[0]):
-            np.testing.assert_array_equal(_rgb24(frame).to_ndarray(), frame.to_ndarray(format="rgb24"))
+            np.testing.assert_array_equal(rgb24(frame).to_ndarray(), frame.to_ndarray(format="rgb24"))
             n += 1
     assert n == 12

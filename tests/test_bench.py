@@ -131,6 +131,8 @@ def test_goal_evaluation():
              "decoder": "pyav in 16 DataLoader workers"},
             {**common, "row": "baseline", "batch": 32, "clips_per_s": 400.0, "decoded_frames_per_s": 1.0,
              "decoder": "decord in 16 DataLoader workers"},
+            {**common, "row": "baseline", "batch": 32, "clips_per_s": 300.0, "decoded_frames_per_s": 1.0,
+             "decoder": "pyav-tuned in 16 DataLoader workers"},  # a reference row, not the goal's baseline
             {"row": "train-step", "stall_fraction": 0.05}]
     goals = {g["goal"]: g for g in evaluate_goals(rows, "gpu", (8, 16))}
     assert goals["pipeline clips/s"]["measured"] == 520.0 and goals["pipeline clips/s"]["met"]
@@ -281,4 +283,6 @@ def test_quick_bench_with_data_gop_runs_the_loaders_on_a_transcoded_copy(tmp_pat
     assert goals["decoded frames per clip, as given / transcoded"]["measured"] == pytest.approx(
         given["decoded_frames_per_clip"] / shorter["decoded_frames_per_clip"])
     assert "pipeline / PyAV DataLoader (same cores), transcoded" in goals
+    tuned = [r for r in result["rows"] if r["decoder"].startswith("pyav-tuned")]
+    assert {r["data_set"] for r in tuned} == {"as given", short}  # the reference baseline on both data sets
     assert f"Data set '{short}'" in (tmp_path / "out" / "bench-cpu-quick.md").read_text()

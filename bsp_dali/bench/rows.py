@@ -130,11 +130,13 @@ class _BaselineDataset:
         return 10**9
 
     def _read(self, video: Any, frames: Sequence[int]) -> np.ndarray:
-        if self.decoder == "pyav":
+        if self.decoder in ("pyav", "pyav-tuned"):
             if self._reader is None:
                 from ..decode import PyAVReader
 
-                self._reader = PyAVReader(self.index)
+                # pyav: PyAV's defaults, as a user writes it; pyav-tuned: the RGB conversion on
+                # the worker's own thread, the one PyAV setting the pipeline changes (a reference)
+                self._reader = PyAVReader(self.index, rgb_threads=1 if self.decoder == "pyav-tuned" else 0)
             return self._reader.read(video, frames)
         path = self.index.resolve(video.path)
         if self.decoder == "decord":
