@@ -26,8 +26,8 @@ $py benchmarks/nvdec_probe.py --out "$OUT" --tag gpu 2>&1 | tee "$OUT/probe.log"
 # 2. preview on generated H.264 data, GPU and CPU on the same plan
 $py - <<'PY' 2>&1 | tee "$OUT/preview.log"
 import json, numpy as np, subprocess, sys, os
-from bsp_dali.videogen import write_kinetics_folder
-from bsp_dali.ingest import index_data
+from bsp_dali.data.videogen import write_kinetics_folder
+from bsp_dali.data.ingest import index_data
 root = "/tmp/gpu-check-data"
 write_kinetics_folder(root, num_classes=3, per_class=4, frames=(60, 90), size=(128, 160))
 index_data(root, min_frames=8)

@@ -42,18 +42,18 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bsp_dali.augment import FULL_BOX  # noqa: E402
-from bsp_dali.index import DatasetIndex  # noqa: E402
-from bsp_dali.windows import DecodeUnit  # noqa: E402
+from bsp_dali.plan.augment import FULL_BOX  # noqa: E402
+from bsp_dali.data.index import DatasetIndex  # noqa: E402
+from bsp_dali.decode.windows import DecodeUnit  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------- data
 def make_data(root: Path, gop: int, codec: str = "h264", videos: int = 16, frames: int = 250,
               size: tuple[int, int] = (256, 340)) -> DatasetIndex:
     """Generated videos (cached under ``root``), indexed."""
-    from bsp_dali.demo import DEMO_CLASSES, render_frame
-    from bsp_dali.ingest import MANIFEST_NAME, index_data, load_data
-    from bsp_dali.videogen import write_video
+    from bsp_dali.data.demo import DEMO_CLASSES, render_frame
+    from bsp_dali.data.ingest import MANIFEST_NAME, index_data, load_data
+    from bsp_dali.data.videogen import write_video
 
     base = root / f"{codec}-gop{gop}-{videos}x{frames}-{size[1]}x{size[0]}"
     if (base / MANIFEST_NAME).is_file():
@@ -84,7 +84,7 @@ class UtilSampler:
     """NVDEC utilization every 100 ms through NVML while a row runs."""
 
     def __init__(self, device_id: int = 0):
-        from bsp_dali.nvdec import DecoderUtilization
+        from bsp_dali.decode.nvdec import DecoderUtilization
 
         self.util = DecoderUtilization(device_id)
         self.samples: list[float] = []
@@ -148,7 +148,7 @@ def _sync_gpu(device: str) -> None:
 
 def row_file_list(index: DatasetIndex, units: list[DecodeUnit], kind: str, device: str, pipelines: int,
                   size: tuple[int, int], device_id: int) -> dict:
-    from bsp_dali.dali_readers import DaliFileListReader
+    from bsp_dali.decode.dali_readers import DaliFileListReader
 
     builds: list[float] = []
 
@@ -177,7 +177,7 @@ def row_file_list(index: DatasetIndex, units: list[DecodeUnit], kind: str, devic
 
 def row_decoders_video(index: DatasetIndex, units: list[DecodeUnit], device: str, pipelines: int,
                        size: tuple[int, int], device_id: int) -> dict:
-    from bsp_dali.dali_readers import DaliFramesReader
+    from bsp_dali.decode.dali_readers import DaliFramesReader
 
     def work(chunk: list[DecodeUnit]) -> None:
         reader = DaliFramesReader(index, device, size, num_threads=2, device_id=device_id, max_sources=32)
@@ -190,8 +190,8 @@ def row_decoders_video(index: DatasetIndex, units: list[DecodeUnit], device: str
 
 def _process_worker(manifest: str, units: list[tuple[int, int, int]], kind: str, device: str,
                     size: tuple[int, int], device_id: int, start: Any, done: Any) -> None:
-    from bsp_dali.dali_readers import DaliFileListReader
-    from bsp_dali.ingest import load_data
+    from bsp_dali.decode.dali_readers import DaliFileListReader
+    from bsp_dali.data.ingest import load_data
 
     index = load_data(manifest)
     chunk = [DecodeUnit(v, s, n, FULL_BOX, False) for v, s, n in units]
@@ -262,7 +262,7 @@ def row_torchcodec(index: DatasetIndex, units: list[DecodeUnit], threads: int, d
 
 
 def row_pyav(index: DatasetIndex, units: list[DecodeUnit], threads: int) -> dict:
-    from bsp_dali.decode import PyAVReader
+    from bsp_dali.decode.pyav import PyAVReader
 
     reader = PyAVReader(index)
 
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="run the code on the CPU with tiny VP9 data (no GPU)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
-    from bsp_dali.nvdec import nvdec_engines
+    from bsp_dali.decode.nvdec import nvdec_engines
 
     dry = bool(args.dry_run)
     tag = args.tag or ("cpu-dry-run" if dry else "gpu")

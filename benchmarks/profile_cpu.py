@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bsp_dali import SynthesisConfig  # noqa: E402
-from bsp_dali.augment import SpatialConfig, apply_cpu  # noqa: E402
-from bsp_dali.index import DatasetIndex  # noqa: E402
-from bsp_dali.synthesis import OutDType, RecipeTables, synthesize_reference  # noqa: E402
+from bsp_dali.plan.augment import SpatialConfig, apply_cpu  # noqa: E402
+from bsp_dali.data.index import DatasetIndex  # noqa: E402
+from bsp_dali.synth.synthesis import OutDType, RecipeTables, synthesize_reference  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -103,8 +103,8 @@ class BaselineDataset:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         import torch
 
-        from bsp_dali.decode import PyAVReader
-        from bsp_dali.planner import Planner
+        from bsp_dali.decode.pyav import PyAVReader
+        from bsp_dali.plan.planner import Planner
 
         if self._planner is None:
             self._planner = Planner(self.index, self.synthesis, seed=0,
@@ -148,7 +148,7 @@ def run_baseline(index: DatasetIndex, args: argparse.Namespace, syn: SynthesisCo
     ds = BaselineDataset(index, syn, args.size)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, num_workers=args.workers,
                                          persistent_workers=True, prefetch_factor=2)
-    from bsp_dali.planner import Planner
+    from bsp_dali.plan.planner import Planner
 
     planner = Planner(index, syn, seed=0, spatial=SpatialConfig(size=(args.size, args.size)))
 
@@ -175,7 +175,7 @@ def run_pipeline(index: DatasetIndex, args: argparse.Namespace, syn: SynthesisCo
     it = BSPIterator(index, args.batch, synthesis=syn, spatial=SpatialConfig(size=(args.size, args.size)), device="cpu",
                      decoder="pyav", num_threads=args.workers, epoch_size=args.batch * 10**6, dtype="float16", **kw)
     if plain:
-        from bsp_dali.procreader import ProcessWindowReader
+        from bsp_dali.decode.procreader import ProcessWindowReader
 
         it.stage.cpu_reader.close()
         it.stage.cpu_reader = ProcessWindowReader(index, it.stage.size, args.workers, skip_nonref=False)
@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["baseline", "pipeline", "pipeline-plain", "threads"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from bsp_dali.ingest import load_data
+    from bsp_dali.data.ingest import load_data
 
     index = load_data(args.data)
     syn = SynthesisConfig(tau=args.frames // 2)

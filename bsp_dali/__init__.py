@@ -6,11 +6,11 @@ Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are impo
 
 import numpy as np
 
-from .augment import SpatialConfig, SpatialMode
-from .config import ALL_TYPES, BoundaryType, SynthesisConfig
-from .index import DatasetIndex, VideoInfo
-from .planner import Planner, PlanningError, SamplePlan, SourceRef
-from .synthesis import Layout, OutDType, RecipeTables, synthesize, synthesize_reference
+from .data.index import DatasetIndex, VideoInfo
+from .plan.augment import SpatialConfig, SpatialMode
+from .plan.config import ALL_TYPES, BoundaryType, SynthesisConfig
+from .plan.planner import Planner, PlanningError, SamplePlan, SourceRef
+from .synth.synthesis import Layout, OutDType, RecipeTables, synthesize, synthesize_reference
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import SynthesisConfig
 from .gpu import GPUUnavailableError, cuda_available, resolve_device
-from .train import TrainConfig
+from .plan.config import SynthesisConfig
+from .train.loop import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -76,7 +76,7 @@ def _device(device: str) -> str:
 
 # ---------------------------------------------------------------------------------- options from configs
 # A config dataclass declares each setting once, with its help text and its flag
-# (bsp_dali.config.setting); the commands below take their options from those declarations.
+# (bsp_dali.plan.config.setting); the commands below take their options from those declarations.
 OPT_CONFIG = typer.Option(None, "--config", help="JSON file of settings (CLI options override it).")
 
 
@@ -206,8 +206,8 @@ def index(
     exit status is non-zero only when nothing usable is left. Re-running skips files that did not
     change (a --probe decode run re-probes files an earlier run read by packets only).
     """
-    from .ingest import MANIFEST_NAME, IngestError, index_data
-    from .planner import min_frames_needed
+    from .data.ingest import MANIFEST_NAME, IngestError, index_data
+    from .plan.planner import min_frames_needed
 
     try:
         need = min_frames if min_frames is not None else min_frames_needed(SynthesisConfig())
@@ -275,13 +275,13 @@ def transcode(
     from rich.progress import ProgressColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from .transcode import DiskFull, TranscodeError, TranscodeSettings, transcode_dataset
+    from .data.transcode import DiskFull, TranscodeError, TranscodeSettings, transcode_dataset
 
     class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
             return Text(f"{task.speed:.2f} videos/s" if task.speed else "-- videos/s")
 
-    logging.getLogger("bsp_dali.transcode").setLevel(logging.ERROR)  # failures are printed below
+    logging.getLogger("bsp_dali.data.transcode").setLevel(logging.ERROR)  # failures are printed below
     try:
         settings = TranscodeSettings(gop=gop, bframes=bframes, short_side=short_side, keep_size=keep_size, crf=crf,
                                      preset=preset, keep_audio=keep_audio, encoder=encoder)
@@ -345,12 +345,12 @@ def preview(
 
     Example: bsp-dali preview data/kinetics --out preview --num 8 --types diff_class,same_speed
     """
-    from .augment import SpatialConfig, SpatialMode
-    from .demo import demo_index
-    from .ingest import IngestError, load_data
+    from .data.demo import demo_index
+    from .data.ingest import IngestError, load_data
     from .iterator import DecodeFailures
-    from .planner import PlanningError
-    from .preview import write_preview
+    from .plan.augment import SpatialConfig, SpatialMode
+    from .plan.planner import PlanningError
+    from .tools.preview import write_preview
 
     try:
         if num < 1:
@@ -393,12 +393,12 @@ def train_cmd(
     """
     import logging
 
-    from .checkpointer import NO_SPACE, CheckpointWriteError
-    from .distributed import WorkerFailed
-    from .ingest import IngestError
+    from .data.ingest import IngestError
     from .iterator import DecodeFailures
-    from .planner import PlanningError
-    from .train import TrainingInterrupted, train as run_training
+    from .plan.planner import PlanningError
+    from .train.checkpointer import NO_SPACE, CheckpointWriteError
+    from .train.distributed import WorkerFailed
+    from .train.loop import TrainingInterrupted, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -449,7 +449,7 @@ def demo(
     """
     import logging
 
-    from .demo_job import run_demo
+    from .tools.demo_job import run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -572,8 +572,8 @@ def extract(
     """
     import logging
 
-    from .extract import extract as run_extract
-    from .ingest import IngestError
+    from .data.ingest import IngestError
+    from .tools.extract import extract as run_extract
     from bsp_models import CheckpointError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -619,9 +619,9 @@ def inspect_cmd(
     boundary, and a separability score (ROC AUC) per encoder."""
     from bsp_models import CheckpointError, create_encoder, encoder_from_bsp_checkpoint, load_bsp_checkpoint
 
-    from .ingest import IngestError, load_data
-    from .separability import inspect as run_inspect
-    from .train import split_train_val
+    from .data.ingest import IngestError, load_data
+    from .tools.separability import inspect as run_inspect
+    from .train.loop import split_train_val
 
     try:
         if not checkpoint and not untrained:
@@ -674,8 +674,8 @@ def plan(
 ) -> None:
     """Print the recipes (JSON lines) the planner draws for samples start..start+num-1 of the demo
     set: which frames of which videos, with which weights."""
-    from .demo import demo_index
-    from .planner import Planner
+    from .data.demo import demo_index
+    from .plan.planner import Planner
 
     try:
         cfg = _synthesis_config(config, synthesis)

@@ -16,7 +16,7 @@ Sample ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``; shards (from
 they are disjoint and together cover the epoch; ``state_dict()`` resumes mid-epoch with identical
 samples. ``mode="action"`` yields plain clips labelled with their action class (the vanilla stream).
 
-Decoding is the decode stage's (``bsp_dali.stage``): it plans the windows to decode, routes them to
+Decoding is the decode stage's (``bsp_dali.decode.stage``): it plans the windows to decode, routes them to
 readers (DALI file-list readers on every NVDEC engine on the GPU; DALI's CPU reader for VP8/VP9/MJPEG
 and PyAV for the rest on the CPU), and owns the failure policy: a video that decodes during
 indexing but fails here is banned, the samples that used it are replaced by deterministic
@@ -36,15 +36,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .augment import SpatialConfig
-from .config import ChoiceEnum, SynthesisConfig
-from .decode import FrameReader
+from .data.index import DatasetIndex
+from .decode.pyav import FrameReader
+from .decode.stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, DecodeStage, StageOptions
+from .decode.windows import BatchWindows
 from .gpu import resolve_device
-from .index import DatasetIndex
-from .planner import Planner, SamplePlan
-from .stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, DecodeStage, StageOptions
-from .synthesis import Layout, OutDType, synthesize
-from .windows import BatchWindows
+from .plan.augment import SpatialConfig
+from .plan.config import ChoiceEnum, SynthesisConfig
+from .plan.planner import Planner, SamplePlan
+from .synth.synthesis import Layout, OutDType, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,13 @@ class BSPIterator:
     mode: ``"bsp"`` (synthesized boundaries) or ``"action"`` (plain clips, action labels).
     epoch_size: samples per epoch over all ranks (default: the number of videos).
     device: ``"auto"``, ``"cpu"`` or ``"gpu"``; decoder: ``"auto"``, ``"dali"`` or ``"pyav"`` (CPU).
-    dtype, layout, mean, std: output format (see ``bsp_dali.synthesis``).
+    dtype, layout, mean, std: output format (see ``bsp_dali.synth.synthesis``).
     shard: ``(rank, world_size)``; default from ``torch.distributed`` when initialised.
     share: samples per group that share their videos, start frames and crops (decode once, use
         ``share`` times; 1, the default, draws every sample independently; see docs/method.md).
     dali_reader, pipelines, decode_ahead: the DALI reader (``auto``, ``legacy``, ``experimental``,
         ``decoder``), pipelines at once (default: one per NVDEC engine on the GPU) and batches
-        planned per pipeline chunk (see ``bsp_dali.stage``).
+        planned per pipeline chunk (see ``bsp_dali.decode.stage``).
     cpu_workers: how PyAV decodes on the CPU: ``"processes"`` (default: ``num_threads`` worker
         processes, one per core by default, handing frames back in shared memory) or ``"threads"``
         (a thread pool in this process).
@@ -121,7 +121,7 @@ class BSPIterator:
         if isinstance(data, DatasetIndex):
             index = data
         else:
-            from .ingest import load_data
+            from .data.ingest import load_data
 
             index = load_data(data)
         if not isinstance(batch_size, int) or batch_size < 1:

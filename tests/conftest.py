@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def kinetics_h264(tmp_path_factory):
     """A Kinetics-layout folder of H.264 .mp4 index videos (3 classes x 3 videos)."""
-    from bsp_dali.videogen import write_kinetics_folder
+    from bsp_dali.data.videogen import write_kinetics_folder
 
     root = tmp_path_factory.mktemp("kinetics_h264")
     write_kinetics_folder(root, num_classes=3, per_class=3, codec="h264", frames=(40, 60))
@@ -32,7 +32,7 @@ def kinetics_h264(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kinetics_vp9(tmp_path_factory):
     """A Kinetics-layout folder of VP9 .webm index videos (3 classes x 2 videos)."""
-    from bsp_dali.videogen import write_kinetics_folder
+    from bsp_dali.data.videogen import write_kinetics_folder
 
     root = tmp_path_factory.mktemp("kinetics_vp9")
     write_kinetics_folder(root, num_classes=3, per_class=2, codec="vp9", frames=(40, 60), seed=1)
@@ -41,14 +41,14 @@ def kinetics_vp9(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def indexed_h264(kinetics_h264):
-    from bsp_dali.ingest import index_data
+    from bsp_dali.data.ingest import index_data
 
     return index_data(kinetics_h264, min_frames=8, workers=1).index
 
 
 @pytest.fixture(scope="session")
 def indexed_vp9(kinetics_vp9):
-    from bsp_dali.ingest import index_data
+    from bsp_dali.data.ingest import index_data
 
     return index_data(kinetics_vp9, min_frames=8, workers=1).index
 
@@ -81,8 +81,8 @@ def tiny_checkpoint(tmp_path_factory):
     import subprocess
     import sys
 
-    from bsp_dali.ingest import index_data
-    from bsp_dali.videogen import write_kinetics_folder
+    from bsp_dali.data.ingest import index_data
+    from bsp_dali.data.videogen import write_kinetics_folder
 
     root = tmp_path_factory.mktemp("ckpt_data")
     write_kinetics_folder(root, num_classes=2, per_class=4, frames=(30, 40), size=(32, 48))

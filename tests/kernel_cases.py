@@ -14,8 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from bsp_dali import DatasetIndex, Planner, SynthesisConfig
-from bsp_dali.config import BoundaryType
-from bsp_dali.synthesis import Layout, OutDType, RecipeTables, synthesize_reference
+from bsp_dali.plan.config import BoundaryType
+from bsp_dali.synth.synthesis import Layout, OutDType, RecipeTables, synthesize_reference
 
 
 @dataclass

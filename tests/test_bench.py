@@ -15,7 +15,7 @@ from bsp_dali import Planner, SpatialConfig, SynthesisConfig
 from bsp_dali.bench import (BenchDataSpec, BenchSettings, attach_ceilings, decode_cost, describe_data,
                             evaluate_goals, run_bench, textured_frames, user_data)
 from bsp_dali.bench.rows import gpu_ceiling_pipelines, stall_fraction
-from bsp_dali.ingest import IngestError
+from bsp_dali.data.ingest import IngestError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def quick(tmp_path_factory):
 
 def test_quick_bench_rows_count_what_they_deliver(quick):
     result, _ = quick
-    from bsp_dali.ingest import load_data
+    from bsp_dali.data.ingest import load_data
 
     index = load_data(result["data"]["root"])
     rows = {r["row"]: r for r in result["rows"]}
@@ -195,7 +195,7 @@ def test_gpu_ceiling_pipelines_are_accepted_by_dali(indexed_h264):
 def test_generated_data_is_as_dense_as_real_video(tmp_path):
     """Real camera clips at 320x240 run at 236-510 kbit/s; the bench's H.264 at 340x256, CRF 23,
     must reach 400 (flat procedural frames gave 66-80)."""
-    from bsp_dali.videogen import write_video
+    from bsp_dali.data.videogen import write_video
 
     spec = BenchDataSpec()
     for cls, k in ((0, 0), (1, 5)):

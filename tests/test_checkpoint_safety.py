@@ -57,8 +57,8 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from bsp_dali.ingest import index_data
-    from bsp_dali.videogen import write_kinetics_folder
+    from bsp_dali.data.ingest import index_data
+    from bsp_dali.data.videogen import write_kinetics_folder
 
     root = tmp_path_factory.mktemp("safety_data")
     write_kinetics_folder(root, num_classes=2, per_class=3, frames=(24, 30), size=(32, 48))
@@ -247,7 +247,7 @@ def draws():
 
 
 def test_rng_state_is_plain_and_restores_exactly(tmp_path):
-    from bsp_dali.checkpointer import restore_rng, rng_state, seed_everything
+    from bsp_dali.train.checkpointer import restore_rng, rng_state, seed_everything
 
     seed_everything(7)
     np.random.normal()  # a cached Gaussian in NumPy's legacy state
@@ -263,7 +263,7 @@ def test_rng_state_is_plain_and_restores_exactly(tmp_path):
 
 def test_version_1_checkpoint_is_read_through_the_numpy_allow_list(tmp_path):
     """Version 1 (before weights-only loads) pickled np.random.get_state()'s array."""
-    from bsp_dali.checkpointer import restore_rng, seed_everything
+    from bsp_dali.train.checkpointer import restore_rng, seed_everything
 
     seed_everything(9)
     old_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

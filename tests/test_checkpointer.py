@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bsp_dali import checkpointer
-from bsp_dali.checkpointer import (CHECKPOINT_VERSION, Checkpointer, CheckpointWriteError, atomic_save,
+from bsp_dali.train import checkpointer
+from bsp_dali.train.checkpointer import (CHECKPOINT_VERSION, Checkpointer, CheckpointWriteError, atomic_save,
                                    last_checkpoint, seed_everything)
-from bsp_dali.distributed import Dist
+from bsp_dali.train.distributed import Dist
 from bsp_models import load_bsp_checkpoint
 
 ONE = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -159,7 +159,7 @@ def test_resuming_with_another_world_size_restarts_the_interrupted_epoch(tmp_pat
     loader = FakeLoader()
     ckpt = Checkpointer(tmp_path, ONE, model=make_run()[0], optimizer=opt, scheduler=sched, loaders={"bsp": loader},
                         meta=META)
-    with caplog.at_level(logging.WARNING, logger="bsp_dali.checkpointer"):
+    with caplog.at_level(logging.WARNING, logger="bsp_dali.train.checkpointer"):
         assert ckpt.resume() == 11
     assert loader.set_epochs == [2] and (loader.epoch, loader.position) == (2, 0)
     assert "resuming with 1 processes from a run with 2: epoch 2 starts over" in caplog.text

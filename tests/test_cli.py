@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsp_dali.demo import DemoReader, demo_index
-from bsp_dali.index import VideoInfo
+from bsp_dali.data.demo import DemoReader, demo_index
+from bsp_dali.data.index import VideoInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """Command-line options generated from the config dataclasses: one declaration per setting
-(``bsp_dali.config.setting``), shared by every command that takes it; only what is written on the
+(``bsp_dali.plan.config.setting``), shared by every command that takes it; only what is written on the
 command line overrides a --config file."""
 
 import dataclasses
@@ -12,8 +12,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from bsp_dali.cli import OPT_CONFIG, app, config_options
-from bsp_dali.config import SynthesisConfig, setting
-from bsp_dali.train import TrainConfig
+from bsp_dali.plan.config import SynthesisConfig, setting
+from bsp_dali.train.loop import TrainConfig
 
 runner = CliRunner()
 

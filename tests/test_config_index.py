@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bsp_dali import BoundaryType, DatasetIndex, SynthesisConfig, VideoInfo
-from bsp_dali.config import parse_types
+from bsp_dali.plan.config import parse_types
 
 
 def test_defaults_are_the_documented_ones():
@@ -76,7 +76,7 @@ def test_index_from_lists_sorts_classes_and_checks_input(tmp_path):
 
 
 def test_frames_to_decode_counts_from_the_keyframe_before_the_window():
-    from bsp_dali.index import VideoInfo
+    from bsp_dali.data.index import VideoInfo
 
     v = VideoInfo("a.mp4", 0, 300, keyframes=((0, 0), (250, 10000)))
     assert v.frames_to_decode(0, 7) == 8

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from bsp_dali.augment import apply_cpu
-from bsp_dali.decode import DecodeError, PyAVReader, SourceJob, decode_cpu
-from bsp_dali.videogen import read_frame_index
+from bsp_dali.plan.augment import apply_cpu
+from bsp_dali.decode.pyav import DecodeError, PyAVReader, SourceJob, decode_cpu
+from bsp_dali.data.videogen import read_frame_index
 from conftest import ffmpeg_frames
 
 
@@ -53,8 +53,8 @@ def test_frames_beyond_the_end_are_an_error_not_a_padded_frame(indexed_h264):
 
 def test_dali_cpu_decoder_on_vp9(indexed_vp9, kinetics_vp9):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.decode import read_bytes
-    from bsp_dali.pipeline import DaliDecoder, DaliPipelineError, SourceRequest
+    from bsp_dali.decode.pyav import read_bytes
+    from bsp_dali.decode.pipeline import DaliDecoder, DaliPipelineError, SourceRequest
 
     dec = DaliDecoder((64, 96), device="cpu", max_sources=4, num_threads=2)
     vids = indexed_vp9.videos[:3]

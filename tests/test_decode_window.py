@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bsp_dali.decode import DecodeError, PyAVReader, WindowStats, decode_window
-from bsp_dali.index import DatasetIndex, VideoInfo
-from bsp_dali.probe import probe_packets
-from bsp_dali.videogen import index_frame, read_frame_index
+from bsp_dali.decode.pyav import DecodeError, PyAVReader, WindowStats, decode_window
+from bsp_dali.data.index import DatasetIndex, VideoInfo
+from bsp_dali.data.probe import probe_packets
+from bsp_dali.data.videogen import index_frame, read_frame_index
 from conftest import ffmpeg_frames
 
 SIZE = (64, 96)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_tiny(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    code = ("from bsp_dali.demo_job import run_demo; import json; "
+    code = ("from bsp_dali.tools.demo_job import run_demo; import json; "
             f"print(json.dumps(run_demo({str(tmp_path)!r}, minutes=0.15, classes=2, per_class=8, gpus=0, val_clips=16)))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

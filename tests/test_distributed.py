@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bsp_dali import distributed
-from bsp_dali.distributed import Dist, WorkerFailed, cuda_index, launch, setup_dist
+from bsp_dali.train import distributed
+from bsp_dali.train.distributed import Dist, WorkerFailed, cuda_index, launch, setup_dist
 
 
 def free_port():
@@ -122,7 +122,7 @@ def test_a_gpu_run_without_cuda_is_a_clear_error(monkeypatch):
 def _two_ranks(local_rank, port, folder):
     """One of two CPU ranks: joins through setup_dist, then exercises each collective and the
     checkpointer's rank-0 resume decision; writes what it saw to folder/rank<R>.pt."""
-    from bsp_dali.checkpointer import Checkpointer
+    from bsp_dali.train.checkpointer import Checkpointer
 
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

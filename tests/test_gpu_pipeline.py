@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bsp_dali.augment import SpatialConfig
+from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.iterator import BSPIterator
 
 pytestmark = pytest.mark.gpu
@@ -29,7 +29,7 @@ def test_gpu_iterator_matches_cpu_iterator(indexed_h264, dtype):
 
 def test_gpu_iterator_nvdec_returns_the_planned_frames(indexed_h264):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.videogen import read_frame_index
+    from bsp_dali.data.videogen import read_frame_index
 
     it = BSPIterator(indexed_h264, batch_size=4, epoch_size=8, device="gpu", dtype="uint8", layout="NTCHW",
                      spatial=SpatialConfig(size=(64, 96), mode="resize"), return_recipes=True,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bsp_dali import SynthesisConfig
-from bsp_dali.augment import FULL_BOX, SpatialConfig
-from bsp_dali.videogen import read_frame_index
-from bsp_dali.windows import DecodeUnit
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
+from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.windows import DecodeUnit
 from conftest import ffmpeg_frames
 
 pytestmark = pytest.mark.gpu
@@ -27,7 +27,7 @@ def _units(index):
 @pytest.mark.parametrize("kind", ["legacy", "experimental"])
 def test_gpu_file_list_reader_windows_match_ffmpeg_frame_by_frame(indexed_h264, kinetics_h264, kind):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.dali_readers import DaliFileListReader
+    from bsp_dali.decode.dali_readers import DaliFileListReader
 
     units = _units(indexed_h264)
     reader = DaliFileListReader(indexed_h264, kind, "gpu", UNITS_L, (64, 96), max_batch=4)
@@ -47,7 +47,7 @@ def test_gpu_file_list_reader_windows_match_ffmpeg_frame_by_frame(indexed_h264, 
 def test_several_pipelines_give_the_clips_of_one(indexed_h264):
     pytest.importorskip("nvidia.dali")
     from bsp_dali.iterator import BSPIterator
-    from bsp_dali.nvdec import nvdec_engines
+    from bsp_dali.decode.nvdec import nvdec_engines
 
     kw = dict(batch_size=4, epoch_size=16, spatial=SpatialConfig(size=(32, 48)), device="gpu", dtype="uint8")
     many = BSPIterator(indexed_h264, pipelines=7, decode_ahead=1, **kw)
@@ -63,7 +63,7 @@ def test_several_pipelines_give_the_clips_of_one(indexed_h264):
 
 def test_gpu_stage_replaces_samples_of_a_broken_h264_file(tmp_path, kinetics_h264):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.ingest import index_data
+    from bsp_dali.data.ingest import index_data
     from bsp_dali.iterator import BSPIterator
 
     root = tmp_path / "data"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsp_dali.index import DatasetIndex
-from bsp_dali.ingest import MANIFEST_NAME, IngestError, index_data, load_data
-from bsp_dali.videogen import write_index_video, write_kinetics_folder
+from bsp_dali.data.index import DatasetIndex
+from bsp_dali.data.ingest import MANIFEST_NAME, IngestError, index_data, load_data
+from bsp_dali.data.videogen import write_index_video, write_kinetics_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def _remux(src, dst, skip_packets=0, fmt=None):
 def test_packet_probe_agrees_with_full_decoding(data, request):
     """H.264 with B-frames (decode order != presentation order) and VP9: frame counts, keyframe
     tables in presentation order, sizes and codecs from packets equal what decoding finds."""
-    from bsp_dali.probe import probe_packets, probe_video
+    from bsp_dali.data.probe import probe_packets, probe_video
 
     root = request.getfixturevalue(data)
     files = sorted(p for p in root.rglob("*") if p.suffix in (".mp4", ".webm"))
@@ -181,7 +181,7 @@ def test_packet_probe_agrees_with_full_decoding(data, request):
 @pytest.mark.parametrize("codec, ext", [("vp8", "webm"), ("mpeg4", "mp4"), ("mjpeg", "avi"), ("hevc", "mp4"),
                                         ("h264", "mkv"), ("h264", "avi")])
 def test_packet_probe_agrees_on_other_codecs_and_containers(tmp_path, codec, ext):
-    from bsp_dali.probe import probe_packets, probe_video
+    from bsp_dali.data.probe import probe_packets, probe_video
 
     path = tmp_path / f"v.{ext}"
     write_index_video(path, 41, 64, 96, codec=codec, gop=10)
@@ -206,8 +206,8 @@ def test_open_gop_keyframes_are_indexed_in_presentation_order(tmp_path):
     position among the packets differs from its frame index; the packet probe ranks by pts."""
     import av
 
-    from bsp_dali.probe import probe_packets, probe_video
-    from bsp_dali.videogen import index_frame
+    from bsp_dali.data.probe import probe_packets, probe_video
+    from bsp_dali.data.videogen import index_frame
 
     if "libx265" not in av.codecs_available:
         pytest.skip("this PyAV build has no libx265")
@@ -230,7 +230,7 @@ def test_open_gop_keyframes_are_indexed_in_presentation_order(tmp_path):
 
 
 def test_packet_probe_defers_to_decoding_where_packets_cannot_vouch(tmp_path):
-    from bsp_dali.probe import BadVideo, probe_packets, probe_video
+    from bsp_dali.data.probe import BadVideo, probe_packets, probe_video
 
     src = tmp_path / "src.mp4"
     write_index_video(src, 53, 64, 96, gop=12)
@@ -257,7 +257,7 @@ def test_what_the_packet_probe_catches_and_what_only_decoding_catches(tmp_path):
     write_kinetics_folder(root, num_classes=2, per_class=2, frames=(40, 50))
     good = root / "train" / "class_0" / "faststart_000000_000010.mp4"  # header first, as YouTube serves
     with av.open(str(good), "w", options={"movflags": "faststart"}) as c:
-        from bsp_dali.videogen import index_frame
+        from bsp_dali.data.videogen import index_frame
 
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"

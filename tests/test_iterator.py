@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from bsp_dali import SynthesisConfig
-from bsp_dali.augment import SpatialConfig, apply_cpu
-from bsp_dali.decode import PyAVReader
-from bsp_dali.ingest import index_data
+from bsp_dali.plan.augment import SpatialConfig, apply_cpu
+from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali.data.ingest import index_data
 from bsp_dali.iterator import BSPIterator, DecodeFailures
-from bsp_dali.synthesis import DEFAULT_MEAN, DEFAULT_STD
-from bsp_dali.videogen import read_frame_index
+from bsp_dali.synth.synthesis import DEFAULT_MEAN, DEFAULT_STD
+from bsp_dali.data.videogen import read_frame_index
 
 SMALL = SpatialConfig(size=(32, 48))
 
@@ -172,7 +172,7 @@ def _dist_worker(rank, world, init_file, manifest, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    from bsp_dali.ingest import load_data
+    from bsp_dali.data.ingest import load_data
 
     it = BSPIterator(load_data(manifest), batch_size=2, epoch_size=8, device="cpu", spatial=SMALL)
     idx = [int(i) for b in it for i in b["index"]]

@@ -8,7 +8,7 @@ the memory held. Not yet run on a GPU in this form.
 import numpy as np
 import pytest
 
-from bsp_dali.synthesis import Layout, OutDType, launch_geometry, synthesize_reference
+from bsp_dali.synth.synthesis import Layout, OutDType, launch_geometry, synthesize_reference
 from kernel_cases import compare, hand_tables
 
 pytestmark = pytest.mark.gpu
@@ -18,7 +18,7 @@ def run_into_sentinel(fill: int):
     """A runner for ``compare`` that hands the kernel an output array whose bytes are all ``fill``."""
     import cupy as cp
 
-    from bsp_dali.kernel_cupy import synthesize_cupy
+    from bsp_dali.synth.kernel_cupy import synthesize_cupy
 
     def run(sources, tables, *, dtype, layout, **kw):
         dtype, layout = OutDType.parse(dtype), Layout.parse(layout)

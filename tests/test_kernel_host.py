@@ -6,9 +6,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from bsp_dali import SynthesisConfig, kernel_host
-from bsp_dali.kernel_source import kernel_dir
-from bsp_dali.synthesis import Layout, OutDType, synthesize_reference
+from bsp_dali import SynthesisConfig
+from bsp_dali.synth import kernel_host
+from bsp_dali.synth.kernel_source import kernel_dir
+from bsp_dali.synth.synthesis import Layout, OutDType, synthesize_reference
 from kernel_cases import all_cases, compare, plan_batch
 
 needs_cxx = pytest.mark.skipif(kernel_host.find_compiler() is None, reason="no C++ compiler")

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from bsp_dali import kernel_host
-from bsp_dali.kernel_source import kernel_dir
+from bsp_dali.synth import kernel_host
+from bsp_dali.synth.kernel_source import kernel_dir
 from kernel_cases import compare
 
 MUTATIONS = {

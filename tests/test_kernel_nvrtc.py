@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bsp_dali.kernel_cupy import KERNEL_NAMES, NVRTC_OPTIONS
-from bsp_dali.kernel_source import kernel_source
+from bsp_dali.synth.kernel_cupy import KERNEL_NAMES, NVRTC_OPTIONS
+from bsp_dali.synth.kernel_source import kernel_source
 
 
 def find_nvrtc():

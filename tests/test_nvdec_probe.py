@@ -29,7 +29,7 @@ def test_probe_help_and_dry_run(tmp_path):
 
 
 def test_nvdec_engine_table():
-    from bsp_dali.nvdec import engines_from_name, nvdec_engines
+    from bsp_dali.decode.nvdec import engines_from_name, nvdec_engines
 
     assert engines_from_name("NVIDIA H100 80GB HBM3") == 7 and engines_from_name("NVIDIA H200") == 7
     assert engines_from_name("NVIDIA A100-SXM4-40GB") == 5 and engines_from_name("NVIDIA L40S") == 3

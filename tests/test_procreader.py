@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from bsp_dali import Planner, SynthesisConfig
-from bsp_dali.augment import FULL_BOX, SpatialConfig
-from bsp_dali.decode import DecodeError, PyAVReader
-from bsp_dali.procreader import SHM_PREFIX, Arena, ProcessWindowReader, shm_dir, sweep_stale_segments
-from bsp_dali.readers import CPUWindowReader
-from bsp_dali.videogen import read_frame_index
-from bsp_dali.windows import DecodeUnit, plan_windows
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
+from bsp_dali.decode.pyav import DecodeError, PyAVReader
+from bsp_dali.decode.procreader import SHM_PREFIX, Arena, ProcessWindowReader, shm_dir, sweep_stale_segments
+from bsp_dali.decode.readers import CPUWindowReader
+from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.windows import DecodeUnit, plan_windows
 
 SIZE = (32, 48)
 
@@ -98,7 +98,7 @@ def test_cancelled_requests_free_their_blocks(indexed_h264):
 def test_a_bad_file_is_a_decode_error_naming_it_and_the_workers_go_on(tmp_path, indexed_h264, kinetics_h264):
     import shutil
 
-    from bsp_dali.index import DatasetIndex
+    from bsp_dali.data.index import DatasetIndex
 
     root = tmp_path / "data"
     shutil.copytree(kinetics_h264, root)
@@ -227,7 +227,7 @@ def old_apply_cpu(frames, box, flip, size):
 def test_the_frame_transform_gives_the_pixels_it_gave_before():
     """transform_frame_cpu (Pillow flips and packs, one copy into the slot) against the NumPy flip
     of Pillow's arrays it replaced: every kind of box, both flips, odd sizes, a strided slot."""
-    from bsp_dali.augment import transform_frame_cpu
+    from bsp_dali.plan.augment import transform_frame_cpu
 
     rng = np.random.default_rng(3)
     boxes = [FULL_BOX, (0.1, 0.15, 0.8, 0.9), (0.0, 0.0, 0.3, 0.25), (0.5, 0.2, 1.0, 1.0)]
@@ -247,7 +247,7 @@ def test_the_frame_transform_gives_the_pixels_it_gave_before():
 def test_the_workers_transform_of_a_decoded_frame_is_that_of_its_rgb24_array(fmt):
     import av
 
-    from bsp_dali.augment import transform_av_frame
+    from bsp_dali.plan.augment import transform_av_frame
 
     rng = np.random.default_rng(4)
     for H, W in ((256, 340), (64, 96), (38, 70)):

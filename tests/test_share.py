@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bsp_dali import BoundaryType, DatasetIndex, Planner, SynthesisConfig
-from bsp_dali.augment import SpatialConfig
-from bsp_dali.windows import fixed_window_length, plan_windows
+from bsp_dali.plan.augment import SpatialConfig
+from bsp_dali.decode.windows import fixed_window_length, plan_windows
 
 DC, SC = BoundaryType.DIFF_CLASS, BoundaryType.SAME_CLASS
 SPATIAL = SpatialConfig(size=(32, 32))
@@ -58,7 +58,7 @@ def features(plan, index):
     f = plan.frames[0]
     span = {DC: (tau + (plan.eps or 0) - 2) * d + 1}.get(plan.type, f[-1] - f[0] + 1)
     if plan.type == BoundaryType.DIFF_SPEED:
-        from bsp_dali.planner import frames_needed_diff_speed
+        from bsp_dali.plan.planner import frames_needed_diff_speed
 
         span = frames_needed_diff_speed(tau, plan.t, plan.gamma, d)
     room = int(index.num_frames[plan.sources[0].video]) - span + 1
@@ -152,7 +152,7 @@ def test_groups_share_windows_so_batches_decode_fewer_frames():
 
 
 def test_iterator_with_share_yields_the_plans_of_its_planner():
-    from bsp_dali.demo import demo_index
+    from bsp_dali.data.demo import demo_index
     from bsp_dali.iterator import BSPIterator
 
     index = demo_index(size=(24, 24))
@@ -169,7 +169,7 @@ def test_iterator_with_share_yields_the_plans_of_its_planner():
 @pytest.mark.parametrize("policy", ["drop", "partial", "fill"])
 @pytest.mark.parametrize("share, world, epoch", [(1, 3, 10), (3, 2, 20), (4, 3, 26), (2, 2, 9)])
 def test_ranks_take_whole_groups_disjoint_and_covering(policy, share, world, epoch):
-    from bsp_dali.demo import demo_index
+    from bsp_dali.data.demo import demo_index
     from bsp_dali.iterator import BSPIterator
 
     index = demo_index(size=(16, 16))

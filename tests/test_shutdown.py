@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bsp_dali.augment import SpatialConfig
+from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.iterator import BSPIterator
-from bsp_dali.procreader import shm_dir, sweep_stale_segments
+from bsp_dali.decode.procreader import shm_dir, sweep_stale_segments
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # subprocesses that import PyTorch: a few seconds each
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow  # subprocesses that import PyTorch: a few seconds
 SCRIPT = r'''
 import json, sys, time
 sys.path.insert(0, {root!r})
-from bsp_dali.augment import SpatialConfig
-from bsp_dali.ingest import load_data
+from bsp_dali.plan.augment import SpatialConfig
+from bsp_dali.data.ingest import load_data
 from bsp_dali.iterator import BSPIterator
 
 index = load_data({data!r})

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from bsp_dali import Planner, SynthesisConfig
-from bsp_dali.augment import FULL_BOX, SpatialConfig, apply_cpu
-from bsp_dali.decode import DecodeError, PyAVReader
-from bsp_dali.demo import DemoReader, demo_index
-from bsp_dali.ingest import index_data
-from bsp_dali.planner import plain_plan
-from bsp_dali.stage import DecodeFailures, DecodeStage, StageOptions
-from bsp_dali.videogen import read_frame_index
-from bsp_dali.windows import DecodeUnit
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig, apply_cpu
+from bsp_dali.decode.pyav import DecodeError, PyAVReader
+from bsp_dali.data.demo import DemoReader, demo_index
+from bsp_dali.data.ingest import index_data
+from bsp_dali.plan.planner import plain_plan
+from bsp_dali.decode.stage import DecodeFailures, DecodeStage, StageOptions
+from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.windows import DecodeUnit
 from conftest import ffmpeg_frames
 
 SIZE = (24, 24)
@@ -100,7 +100,7 @@ def dali_stage(index, synthesis=None, size=(32, 48), spatial_mode="train", **opt
 
 def test_dali_file_list_windows_match_ffmpeg_frame_by_frame(indexed_vp9, kinetics_vp9):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.dali_readers import DaliFileListReader, file_list_lines, pipeline_batch
+    from bsp_dali.decode.dali_readers import DaliFileListReader, file_list_lines, pipeline_batch
 
     vids = indexed_vp9.videos
     ref = [ffmpeg_frames(kinetics_vp9 / v.path) for v in vids]
@@ -152,7 +152,7 @@ def broken_vp9(tmp_path, kinetics_vp9):
 
 def test_dali_reader_blames_exactly_the_broken_files(broken_vp9):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.dali_readers import DaliFileListReader
+    from bsp_dali.decode.dali_readers import DaliFileListReader
 
     index, unopenable, truncated = broken_vp9
     L = 8
@@ -250,7 +250,7 @@ def test_reader_arguments_exist_in_dalis_schemas(kind):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import backend
 
-    from bsp_dali.dali_readers import READER_SCHEMAS, DaliReaderKind, reader_arguments
+    from bsp_dali.decode.dali_readers import READER_SCHEMAS, DaliReaderKind, reader_arguments
 
     k = DaliReaderKind.parse(kind)
     schema = backend.GetSchema(READER_SCHEMAS[k])
@@ -279,7 +279,7 @@ def test_videos_shorter_than_the_fixed_length_are_decoded_not_excluded(indexed_v
     """Policy: a video shorter than L gets variable-length units from fn.decoders.video."""
     import dataclasses
 
-    from bsp_dali.index import DatasetIndex
+    from bsp_dali.data.index import DatasetIndex
 
     # the index says video 2 has 12 frames (the file has more: its first 12 are real frames)
     videos = [dataclasses.replace(v, num_frames=12) if k == 2 else v for k, v in enumerate(indexed_vp9.videos)]

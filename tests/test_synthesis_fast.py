@@ -5,8 +5,9 @@ of the CUDA kernel still agrees with the reference when the PyTorch route is tak
 import numpy as np
 import pytest
 
-from bsp_dali import SynthesisConfig, synthesis
-from bsp_dali.synthesis import (Layout, OutDType, RecipeTables, bf16_bits, normalization, synthesize_reference)
+from bsp_dali import SynthesisConfig
+from bsp_dali.synth import synthesis
+from bsp_dali.synth.synthesis import (Layout, OutDType, RecipeTables, bf16_bits, normalization, synthesize_reference)
 from kernel_cases import all_cases, compare, hand_tables, plan_batch
 
 
@@ -139,7 +140,7 @@ def test_a_frame_with_nan_takes_the_numpy_route(monkeypatch):
 
 def test_host_kernel_agrees_with_the_reference_on_the_pytorch_route(monkeypatch):
     torch = pytest.importorskip("torch")
-    from bsp_dali import kernel_host
+    from bsp_dali.synth import kernel_host
 
     if kernel_host.find_compiler() is None:
         pytest.skip("no C++ compiler")

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bsp_dali.config import SynthesisConfig
-from bsp_dali.distributed import Dist
-from bsp_dali.tasks import TASKS, Accuracy, HeatmapError, Task, register
-from bsp_dali.train import TrainConfig, build_model
+from bsp_dali.plan.config import SynthesisConfig
+from bsp_dali.train.distributed import Dist
+from bsp_dali.train.tasks import TASKS, Accuracy, HeatmapError, Task, register
+from bsp_dali.train.loop import TrainConfig, build_model
 from bsp_models import create_encoder
 
 ONE = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -128,7 +128,7 @@ def test_heatmap_error_is_the_mean_smooth_l1():
 
 def test_a_task_registered_from_outside_trains_through_run_worker(tmp_path, kinetics_h264, indexed_h264):
     """The trainer has no list of tasks: a new one is a class and a decorator."""
-    from bsp_dali.train import run_worker
+    from bsp_dali.train.loop import run_worker
     from bsp_models import ClipClassifier
 
     calls = []

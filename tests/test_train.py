@@ -27,8 +27,8 @@ def free_port():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """3 classes x 4 H.264 videos: half of each class is held out for validation."""
-    from bsp_dali.ingest import index_data
-    from bsp_dali.videogen import write_kinetics_folder
+    from bsp_dali.data.ingest import index_data
+    from bsp_dali.data.videogen import write_kinetics_folder
 
     root = tmp_path_factory.mktemp("train_data")
     write_kinetics_folder(root, num_classes=3, per_class=4, frames=(30, 40), size=(32, 48))
@@ -224,7 +224,7 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
 
 
 def test_learning_rate_schedule_never_exceeds_the_base_rate():
-    from bsp_dali.train import TrainConfig, lr_factor
+    from bsp_dali.train.loop import TrainConfig, lr_factor
 
     for warm in (0.0, 1.0, 2.5):
         for sched in ("cosine", "step"):
@@ -305,7 +305,7 @@ def test_a_full_disk_is_one_error_and_keeps_the_last_checkpoint(tmp_path, bsp_ru
 def test_the_interrupt_line_in_each_case():
     import pickle
 
-    from bsp_dali.train import TrainingInterrupted
+    from bsp_dali.train.loop import TrainingInterrupted
 
     last = Path("runs/bsp/checkpoints/last.pt")
     assert TrainingInterrupted(57, last, 50).message == \

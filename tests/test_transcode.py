@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsp_dali import transcode as tc
-from bsp_dali.ingest import MANIFEST_NAME, build_index, index_data
-from bsp_dali.transcode import (REPORT_NAME, DiskFull, TranscodeError, TranscodeSettings, check_output,
+from bsp_dali.data import transcode as tc
+from bsp_dali.data.ingest import MANIFEST_NAME, build_index, index_data
+from bsp_dali.data.transcode import (REPORT_NAME, DiskFull, TranscodeError, TranscodeSettings, check_output,
                                 output_size, transcode_dataset)
-from bsp_dali.videogen import index_frame, read_frame_index, write_index_video, write_kinetics_folder, write_video
+from bsp_dali.data.videogen import index_frame, read_frame_index, write_index_video, write_kinetics_folder, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = 48  # sources are 64x96: outputs 48x72
@@ -182,7 +182,7 @@ def test_rerun_skips_finished_outputs_and_redoes_damaged_ones(transcoded, source
 
 def test_resume_check_needs_the_last_frames_to_decode(transcoded, tmp_path):
     """An output whose container is intact but whose last GOP is garbage is not 'finished'."""
-    from bsp_dali.transcode import read_provenance
+    from bsp_dali.data.transcode import read_provenance
 
     out = sorted(transcoded[0].rglob("*.mp4"))[0]
     prov = read_provenance(out)

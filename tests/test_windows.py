@@ -6,11 +6,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bsp_dali import DatasetIndex, Planner, SynthesisConfig
-from bsp_dali.augment import SpatialConfig
-from bsp_dali.demo import DemoReader, demo_index
-from bsp_dali.planner import plain_plan
-from bsp_dali.synthesis import RecipeTables, synthesize_reference
-from bsp_dali.windows import DecodeUnit, fixed_window_length, longest_span, plan_windows
+from bsp_dali.plan.augment import SpatialConfig
+from bsp_dali.data.demo import DemoReader, demo_index
+from bsp_dali.plan.planner import plain_plan
+from bsp_dali.synth.synthesis import RecipeTables, synthesize_reference
+from bsp_dali.decode.windows import DecodeUnit, fixed_window_length, longest_span, plan_windows
 
 CFG = SynthesisConfig(eps_range=(1, 4), gammas=(0.5, 2.0, 3.0))
 
@@ -131,7 +131,7 @@ def test_every_slot_is_covered_and_units_are_unique(spans, L):
 
 
 def test_decode_cost_counts_from_the_keyframe_before_each_window():
-    from bsp_dali.index import VideoInfo
+    from bsp_dali.data.index import VideoInfo
 
     index = DatasetIndex([VideoInfo("a.mp4", 0, 100, keyframes=((0, 0), (40, 4000))),
                           VideoInfo("b.mp4", 0, 100)], ["c"])

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..index import DatasetIndex
+from ..data.index import DatasetIndex
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def textured_frames(cls: int, video: int, num_frames: int, height: int, width: i
 def bench_data(spec: BenchDataSpec, cache: str | os.PathLike | None = None,
                progress: Callable[[int, int], None] | None = None) -> DatasetIndex:
     """Generate (once, cached by every setting of ``spec``) and index the benchmark videos."""
-    from ..ingest import MANIFEST_NAME, index_data, load_data
-    from ..videogen import write_video
+    from ..data.ingest import MANIFEST_NAME, index_data, load_data
+    from ..data.videogen import write_video
 
     base = Path(cache or os.environ.get("BSP_DALI_CACHE", Path.home() / ".cache" / "bsp-dali")) / f"bench-{spec.key}"
     if (base / MANIFEST_NAME).is_file():
@@ -165,8 +165,8 @@ def transcoded_data(index: DatasetIndex, gop: int, cache: str | os.PathLike | No
     (no B-frames, same size, same frames), indexed: the short-GOP copy the bench compares with the
     data as given. Cached beside the bench data; a rerun reuses finished outputs (the transcoder
     checks each one)."""
-    from ..ingest import MANIFEST_NAME, build_index, load_data
-    from ..transcode import TranscodeSettings, transcode_dataset
+    from ..data.ingest import MANIFEST_NAME, build_index, load_data
+    from ..data.transcode import TranscodeSettings, transcode_dataset
 
     if gop < 1:
         raise ValueError(f"--data-gop ({gop}) must be >= 1")
@@ -186,7 +186,7 @@ def transcoded_data(index: DatasetIndex, gop: int, cache: str | os.PathLike | No
 
 def user_data(folder: str | os.PathLike) -> DatasetIndex:
     """A user's folder indexed with ``bsp-dali index``; a clear error otherwise."""
-    from ..ingest import IngestError, load_data
+    from ..data.ingest import IngestError, load_data
 
     p = Path(folder)
     if not p.exists():

@@ -29,12 +29,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..augment import SpatialConfig, apply_cpu
-from ..config import SynthesisConfig
-from ..index import DatasetIndex
+from ..data.index import DatasetIndex
+from ..plan.augment import SpatialConfig, apply_cpu
+from ..plan.config import SynthesisConfig
 from ..measure import (STEADY, LoopTimer, UtilSampler, Window, dataloader_warmup, prefetch_warmup,
                        steady_rate)
-from ..synthesis import OutDType, RecipeTables, synthesize_reference
+from ..synth.synthesis import OutDType, RecipeTables, synthesize_reference
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _BaselineDataset:
     def _read(self, video: Any, frames: Sequence[int]) -> np.ndarray:
         if self.decoder in ("pyav", "pyav-tuned"):
             if self._reader is None:
-                from ..decode import PyAVReader
+                from ..decode.pyav import PyAVReader
 
                 # pyav: PyAV's defaults, as a user writes it; pyav-tuned: the RGB conversion on
                 # the worker's own thread, the one PyAV setting the pipeline changes (a reference)
@@ -150,7 +150,7 @@ class _BaselineDataset:
     def __getitem__(self, i: int) -> tuple[Any, int, int, int]:
         import torch
 
-        from ..planner import Planner
+        from ..plan.planner import Planner
 
         if self._planner is None:
             self._planner = Planner(self.index, self.synthesis, seed=0,
@@ -339,7 +339,7 @@ def bench_gpu_ceiling(index: DatasetIndex, pipelines: int, window: Window = STEA
 # ---------------------------------------------------------------------------------- kernel
 def bench_kernel(device: str, batch: int, T: int, size: int, repeats: int) -> dict[str, Any]:
     """The synthesis kernel (GPU) or the NumPy reference (CPU) against a copy of the same traffic."""
-    from ..planner import Planner
+    from ..plan.planner import Planner
 
     index = DatasetIndex.from_lists([f"v{i}.mp4" for i in range(64)], [f"c{i % 8}" for i in range(64)], [300] * 64)
     plans = Planner(index, SynthesisConfig(tau=T // 2), seed=0).plan_many(range(batch))
@@ -351,7 +351,7 @@ def bench_kernel(device: str, batch: int, T: int, size: int, repeats: int) -> di
     if device == "gpu":
         import cupy as cp
 
-        from ..kernel_cupy import synthesize_cupy
+        from ..synth.kernel_cupy import synthesize_cupy
 
         dev = [cp.asarray(s) for s in sources]
         a = cp.empty(nbytes // 2, cp.uint8)
@@ -479,8 +479,8 @@ def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: Synt
     stage's ``threads`` worker processes, all busy on one batch), synthesis (the NumPy reference).
     A profile, not a throughput (the pipeline overlaps the three); benchmarks/profile_cpu.py
     splits CPU seconds by process and thread."""
-    from ..planner import Planner
-    from ..stage import DecodeStage, StageOptions
+    from ..decode.stage import DecodeStage, StageOptions
+    from ..plan.planner import Planner
 
     planner = Planner(index, synthesis, seed=0, spatial=SpatialConfig(size=(size, size)))
     stage = DecodeStage(index, planner, StageOptions(size=(size, size), device="cpu", decoder="pyav",

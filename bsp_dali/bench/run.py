@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import SynthesisConfig
 from ..measure import QUICK, STEADY, Window, nvml_sampler
+from ..plan.config import SynthesisConfig
 from .data import QUICK_DATA, BenchDataSpec, bench_data, describe_data, transcoded_data, user_data
 from .machine import describe_machine
 from .report import write_results

@@ -10,7 +10,7 @@ What it owns:
   sample used a banned video. ``plan_windows`` turns a batch's plans into decode units.
 * **Routing** (``route``): which reader decodes which unit. The procedural demo videos: the demo
   reader. ``decoder="pyav"``: PyAV (CPU), in worker processes (``cpu_workers``, see
-  ``bsp_dali.procreader``) that get the next batch's units ahead. ``decoder="dali"``: on the GPU every file goes to a
+  ``bsp_dali.decode.procreader``) that get the next batch's units ahead. ``decoder="dali"``: on the GPU every file goes to a
   DALI file-list reader (``fn.readers.video``, "legacy", by default) in windows of the fixed
   length ``L`` (``fixed_window_length``); on the CPU VP8/VP9/MJPEG go to
   ``fn.experimental.readers.video`` on the CPU and everything else (H.264) to PyAV. Units that
@@ -36,16 +36,16 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..data.demo import DEMO_SCHEME
+from ..data.index import DatasetIndex
+from ..gpu import GPUUnavailableError
+from ..plan.config import ChoiceEnum
+from ..plan.planner import Planner, SamplePlan
+from ..synth.synthesis import RecipeTables
 from .dali_readers import DaliFileListReader, DaliFramesReader, DaliReaderKind
-from .config import ChoiceEnum
-from .decode import DecodeError, FrameReader, PyAVReader, default_threads, select_reader
-from .demo import DEMO_SCHEME
-from .gpu import GPUUnavailableError
-from .index import DatasetIndex
 from .pipeline import DALI_CPU_CODECS
-from .planner import Planner, SamplePlan
+from .pyav import DecodeError, FrameReader, PyAVReader, default_threads, select_reader
 from .readers import CPUWindowReader, Result, WindowReader
-from .synthesis import RecipeTables
 from .windows import BatchWindows, DecodeUnit, fixed_window_length, plan_windows
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class DecodedBatch:
     def release(self) -> None:
         """Drop the batch's references to its stacks, once they are synthesized. Stacks of the worker
         processes are views into shared memory whose blocks return to the ring when the last
-        reference to them dies (``bsp_dali.procreader``): releasing right after the synthesis
+        reference to them dies (``bsp_dali.decode.procreader``): releasing right after the synthesis
         returns them at once. Plans and windows stay."""
         self.stacks = []
 
@@ -95,8 +95,8 @@ class StageOptions:
     CPU). The fixed window length follows the planner (its config and ``share``).
     ``cpu_workers``: how the CPU route (PyAV) decodes: ``processes`` (default: ``num_threads``
     worker processes, one per core by default, writing into shared memory; see
-    ``bsp_dali.procreader``) or ``threads`` (a thread pool in this process). ``skip_nonref``: skip
-    unreferenced frames before each window (exact; see ``bsp_dali.decode.decode_window``)."""
+    ``bsp_dali.decode.procreader``) or ``threads`` (a thread pool in this process). ``skip_nonref``: skip
+    unreferenced frames before each window (exact; see ``bsp_dali.decode.pyav.decode_window``)."""
 
     size: tuple[int, int]
     device: str = "cpu"
@@ -134,7 +134,7 @@ def dali_installed() -> bool:
 class DecodeStage:
     """See the module docstring. ``mode`` is ``"bsp"`` (synthesized plans) or ``"action"``;
     ``reader`` replaces the CPU frame reader (tests pass stand-ins); ``cpu_reader`` replaces the
-    whole CPU route (any :class:`~bsp_dali.readers.WindowReader`, e.g. worker processes writing
+    whole CPU route (any :class:`~bsp_dali.decode.readers.WindowReader`, e.g. worker processes writing
     into shared memory)."""
 
     def __init__(self, index: DatasetIndex, planner: Planner, options: StageOptions, mode: str = "bsp",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def kernel_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "kernels", here / "_kernels"):
+    package = Path(__file__).resolve().parents[1]  # bsp_dali/ (this file is bsp_dali/synth/kernel_source.py)
+    for candidate in (package.parent / "kernels", package / "_kernels"):
         if (candidate / "bsp_synth.cu").is_file():
             return candidate
     raise FileNotFoundError(

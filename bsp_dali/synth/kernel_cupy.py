@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .gpu import import_cupy
+from ..gpu import import_cupy
 from .kernel_source import kernel_source
 from .synthesis import Layout, OutDType, RecipeTables, launch_geometry, normalization
 
@@ -35,7 +35,7 @@ def _kernel(name: str, device_id: int) -> Any:
 def synthesize_cupy(sources: Sequence[Any], tables: RecipeTables, *, mean: Any = None,
                     std: Any = None, dtype: OutDType | str = OutDType.FLOAT32,
                     layout: Layout | str = Layout.NCTHW, out: Any = None) -> Any:
-    """Same contract as :func:`bsp_dali.synthesis.synthesize_reference`, on the current device and
+    """Same contract as :func:`bsp_dali.synth.synthesis.synthesize_reference`, on the current device and
     stream. ``out``, if given, must be a C-contiguous CuPy array of the result's shape and dtype."""
     cp = import_cupy()
     dtype, layout = OutDType.parse(dtype), Layout.parse(layout)

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .augment import SpatialConfig, SpatialMode
+from ..data.index import DatasetIndex
+from ..gpu import autocast as autocast_for
+from ..measure import LoopTimer
+from ..plan.augment import SpatialConfig, SpatialMode
+from ..plan.config import SynthesisConfig, setting
 from .checkpointer import Checkpointer, last_checkpoint, seed_everything
-from .config import SynthesisConfig, setting
 from .distributed import Dist, agree, gather_objects, launch, setup_dist, sync_buffers, teardown, weight_fingerprint
-from .gpu import autocast as autocast_for
-from .index import DatasetIndex
-from .measure import LoopTimer
 from .tasks import TASKS, Task, describe_tasks
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class TrainConfig:
     cosine decay, gradient-norm clipping at 20, dropout 0.5 before the classifier, 224x224 crops.
 
     Each field declares its help text and, where it has one, its ``bsp-dali train`` option
-    (:func:`~bsp_dali.config.setting`); every field can be set in a ``--config`` file's "train"
+    (:func:`~bsp_dali.plan.config.setting`); every field can be set in a ``--config`` file's "train"
     section."""
 
     data: str = setting("", help="A manifest, or a folder indexed with `bsp-dali index`.")
@@ -187,7 +187,7 @@ def processes_per_node(cfg: TrainConfig) -> tuple[int, bool]:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training: in this process, or in ``nproc`` processes through the elastic launcher.
-    Returns rank 0's summary. A worker's failure raises :class:`~bsp_dali.distributed.WorkerFailed`;
+    Returns rank 0's summary. A worker's failure raises :class:`~bsp_dali.train.distributed.WorkerFailed`;
     Ctrl-C raises :class:`TrainingInterrupted`."""
     under_launcher = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     nproc, _ = processes_per_node(cfg)
@@ -335,8 +335,8 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """One training process (rank). Called directly, by the elastic launcher, or under torchrun."""
     import torch
 
-    from .ingest import load_data
-    from .iterator import BSPIterator
+    from ..data.ingest import load_data
+    from ..iterator import BSPIterator
 
     cfg = TrainConfig.from_dict(cfg_dict)
     task = TASKS[cfg.task]
@@ -487,8 +487,8 @@ def validate(model: Any, task: Task, val_index: DatasetIndex, cfg: TrainConfig, 
     a fixed sample set (epoch 0, seed + 1)."""
     import torch
 
-    from .iterator import BSPIterator
-    from .planner import PlanningError
+    from ..iterator import BSPIterator
+    from ..plan.planner import PlanningError
 
     metric = task.metric(cfg, val_index.num_classes, d.device)
     if len(val_index) == 0 or metric is None:

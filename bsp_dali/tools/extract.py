@@ -34,12 +34,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .augment import SpatialConfig, SpatialMode
-from .gpu import autocast as autocast_for
-from .config import SynthesisConfig
-from .index import DatasetIndex
-from .ingest import MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data
-from .planner import plain_plan
+from ..data.index import DatasetIndex
+from ..data.ingest import MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data
+from ..gpu import autocast as autocast_for
+from ..plan.augment import SpatialConfig, SpatialMode
+from ..plan.config import SynthesisConfig
+from ..plan.planner import plain_plan
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
 
     import torch
 
-    from .gpu import resolve_device
-    from .iterator import BSPIterator
+    from ..gpu import resolve_device
+    from ..iterator import BSPIterator
 
     if fmt not in FORMATS:
         raise ValueError(f"format ({fmt!r}) must be one of {list(FORMATS)}")
@@ -218,7 +218,7 @@ def _video_features(renderer: Any, index: DatasetIndex, k: int, encoders: list[A
 
 
 def _eval_box(renderer: Any, index: DatasetIndex, k: int) -> tuple[float, float, float, float]:
-    from .augment import draw
+    from ..plan.augment import draw
 
     info = index.videos[k]
     return draw(np.random.default_rng(0), renderer.spatial, info.width, info.height)[0]

@@ -27,10 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..data.index import DatasetIndex
 from .augment import FULL_BOX, Box, SpatialConfig, SpatialMode
 from .augment import draw as draw_spatial
 from .config import BoundaryType, SynthesisConfig, exact, round_half_up
-from .index import DatasetIndex
 
 # Rejection-sampling budget before falling back to enumerating the valid candidates. Both give
 # the same (uniform) distribution; the budget only bounds the cost of the common case.

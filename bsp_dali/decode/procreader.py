@@ -17,7 +17,7 @@ worker; the worker writes the frames and answers; the reader returns a NumPy vie
 block goes back to the arena when the view and every array derived from it are gone (a
 ``weakref.finalize`` on the view: views of a view keep it alive, NumPy's ``base``), never before,
 so a block cannot be reused while anything can still read it. The decode stage drops its
-references explicitly once a batch is synthesized (:meth:`bsp_dali.stage.DecodedBatch.release`),
+references explicitly once a batch is synthesized (:meth:`bsp_dali.decode.stage.DecodedBatch.release`),
 which in CPython frees the blocks at that moment. A block handed to a worker is never freed while
 that worker may still write to it (a cancelled request frees its blocks when the worker answers,
 or dies).
@@ -38,7 +38,7 @@ exit when the channel closes or the parent dies (they poll the parent's pid), an
 parent killed with SIGKILL) are removed when the next reader starts.
 
 A worker that dies while decoding a unit (a crash in FFmpeg, the OOM killer) fails that unit with
-a :class:`~bsp_dali.decode.DecodeError` naming the file, so the stage bans it like any bad file,
+a :class:`~bsp_dali.decode.pyav.DecodeError` naming the file, so the stage bans it like any bad file,
 and is replaced.
 """
 
@@ -65,8 +65,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .decode import DecodeError
-from .index import DatasetIndex
+from ..data.index import DatasetIndex
+from .pyav import DecodeError
 from .windows import DecodeUnit
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,8 @@ def _worker_main(fd: int) -> None:
     parent = os.getppid()
     conn = Connection(fd)
     maps: dict[str, mmap.mmap] = {}
-    from .augment import transform_av_frame
-    from .decode import DecodeError, WindowStats, read_window
+    from ..plan.augment import transform_av_frame
+    from .pyav import DecodeError, WindowStats, read_window
 
     conn.send(("ready", os.getpid()))
     while True:
@@ -430,13 +430,14 @@ class _State:
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    """The folder that holds the ``bsp_dali`` package (this file is bsp_dali/decode/procreader.py)."""
+    return str(Path(__file__).resolve().parents[2])
 
 
 def _spawn_worker() -> tuple[subprocess.Popen, Connection]:
     parent_end, child_end = socket.socketpair()
     code = (f"import sys; sys.path.insert(0, {_package_root()!r}); "
-            f"from bsp_dali.procreader import _worker_main; _worker_main({child_end.fileno()})")
+            f"from bsp_dali.decode.procreader import _worker_main; _worker_main({child_end.fileno()})")
     try:
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child_end.fileno(),),
                                 stdin=subprocess.DEVNULL, close_fds=True)
@@ -456,7 +457,7 @@ def _await_worker(proc: subprocess.Popen, conn: Connection) -> _Worker:
             _, pid = conn.recv()
         except (EOFError, OSError):
             raise RuntimeError(f"a decode worker process exited with code {proc.wait()} before starting; run "
-                               f"`{sys.executable} -c 'import bsp_dali.procreader'` to see why") from None
+                               f"`{sys.executable} -c 'import bsp_dali.decode.procreader'` to see why") from None
     except BaseException:
         proc.kill()
         proc.wait()
@@ -653,10 +654,10 @@ def _shutdown(state: _State) -> None:
 
 
 class ProcessWindowReader:
-    """A :class:`~bsp_dali.readers.WindowReader` over ``workers`` decode processes (PyAV, one FFmpeg
+    """A :class:`~bsp_dali.decode.readers.WindowReader` over ``workers`` decode processes (PyAV, one FFmpeg
     thread each, Pillow for crop/resize/flip: the same pixels as ``CPUWindowReader`` over
     ``PyAVReader``) writing into shared memory; see the module docstring. ``skip_nonref``: skip
-    unreferenced frames before each window (``bsp_dali.decode.decode_window``). Workers start on
+    unreferenced frames before each window (``bsp_dali.decode.pyav.decode_window``). Workers start on
     the first request."""
 
     def __init__(self, index: DatasetIndex, size: tuple[int, int], workers: int | None = None,

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ChoiceEnum
-from .planner import SamplePlan
+from ..plan.config import ChoiceEnum
+from ..plan.planner import SamplePlan
 
 # ImageNet statistics in pixel units (0..255): TSM's torchvision backbones expect them.
 DEFAULT_MEAN = (123.675, 116.28, 103.53)

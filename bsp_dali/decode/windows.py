@@ -27,11 +27,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .augment import Box
-from .config import BoundaryType, SynthesisConfig
-from .planner import (SamplePlan, frames_needed_diff_class, frames_needed_diff_speed, frames_needed_plain,
+from ..plan.augment import Box
+from ..plan.config import BoundaryType, SynthesisConfig
+from ..plan.planner import (SamplePlan, frames_needed_diff_class, frames_needed_diff_speed, frames_needed_plain,
                       frames_needed_same_class)
-from .synthesis import TERMS_PER_FRAME, RecipeTables
+from ..synth.synthesis import TERMS_PER_FRAME, RecipeTables
 
 
 @dataclass(frozen=True, order=True)

@@ -1,6 +1,6 @@
 """DALI window readers: file lists of planned windows, and the per-source decoder for the rest.
 
-:class:`DaliFileListReader` decodes fixed-length units (``bsp_dali.windows``) with one of DALI's
+:class:`DaliFileListReader` decodes fixed-length units (``bsp_dali.decode.windows``) with one of DALI's
 video readers, given a ``file_list`` of the planned windows in planned order, one line per unit::
 
     /abs/path/video.mp4 <line number> <start> <start + L>
@@ -27,7 +27,7 @@ Kinds (:class:`DaliReaderKind`):
 A pipeline is built per call of ``read_windows`` (a chunk of units: the stage plans ahead and
 gives each pipeline the units of a few batches). When a chunk fails, the culprit files are found by
 bisection over the files of the chunk (good halves keep their results), and their units come back
-as :class:`~bsp_dali.decode.DecodeError`.
+as :class:`~bsp_dali.decode.pyav.DecodeError`.
 
 DALI is imported lazily, inside the methods.
 """
@@ -42,9 +42,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ChoiceEnum
-from .decode import DecodeError, read_bytes
-from .index import DatasetIndex
+from ..data.index import DatasetIndex
+from ..plan.config import ChoiceEnum
+from .pyav import DecodeError, read_bytes
 from .readers import Result, check_stack, unit_error
 from .windows import DecodeUnit
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .gpu import GPUUnavailableError
+from ..gpu import GPUUnavailableError
 
 log = logging.getLogger(__name__)
 

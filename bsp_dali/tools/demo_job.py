@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .augment import SpatialConfig, SpatialMode
-from .config import SynthesisConfig
-from .demo import write_demo_videos
-from .ingest import index_data
+from ..data.demo import write_demo_videos
+from ..data.ingest import index_data
+from ..plan.augment import SpatialConfig, SpatialMode
+from ..plan.config import SynthesisConfig
+from ..train.loop import TrainConfig, split_train_val, train
 from .preview import write_preview
-from .train import TrainConfig, split_train_val, train
 
 log = logging.getLogger(__name__)
 

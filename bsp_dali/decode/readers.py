@@ -1,17 +1,17 @@
-"""Window readers: decode units (``bsp_dali.windows.DecodeUnit``) into transformed stacks.
+"""Window readers: decode units (``bsp_dali.decode.windows.DecodeUnit``) into transformed stacks.
 
 The interface every backend implements::
 
     reader.read_windows(units) -> list of (FHWC uint8 stack of ``size``) or DecodeError, one per unit
 
 in the order given: NumPy arrays on the CPU, CuPy arrays on the GPU. A file that fails comes back
-as the :class:`~bsp_dali.decode.DecodeError` of its units (naming the file and the reason); a reader
+as the :class:`~bsp_dali.decode.pyav.DecodeError` of its units (naming the file and the reason); a reader
 raises only for programming errors. Readers are deterministic functions of the units.
 
 Backends: :class:`CPUWindowReader` over any frame reader (PyAV with a keyframe seek and one forward
 decode per window; the procedural demo videos; stand-ins in tests) in a thread pool;
-:class:`~bsp_dali.procreader.ProcessWindowReader`, PyAV in worker processes writing into shared
-memory (the CPU's default for real files); and DALI's readers in ``bsp_dali.dali_readers``.
+:class:`~bsp_dali.decode.procreader.ProcessWindowReader`, PyAV in worker processes writing into shared
+memory (the CPU's default for real files); and DALI's readers in ``bsp_dali.decode.dali_readers``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .augment import apply_cpu
-from .decode import DecodeError, FrameReader
-from .index import DatasetIndex
+from ..data.index import DatasetIndex
+from ..plan.augment import apply_cpu
+from .pyav import DecodeError, FrameReader
 from .windows import DecodeUnit
 
 log = logging.getLogger(__name__)

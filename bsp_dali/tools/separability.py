@@ -23,11 +23,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .augment import SpatialConfig, SpatialMode
-from .gpu import autocast as autocast_for
-from .config import BoundaryType, SynthesisConfig
-from .index import DatasetIndex
-from .planner import Planner, SamplePlan, plain_plan
+from ..data.index import DatasetIndex
+from ..gpu import autocast as autocast_for
+from ..plan.augment import SpatialConfig, SpatialMode
+from ..plan.config import BoundaryType, SynthesisConfig
+from ..plan.planner import Planner, SamplePlan, plain_plan
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def inspect(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], out: str | 
     ``separability.json`` into ``out``."""
     import torch
 
-    from .iterator import BSPIterator
+    from ..iterator import BSPIterator
 
     T = encoders[0][1].config.num_frames
     if any(e.config.num_frames != T for _, e in encoders):

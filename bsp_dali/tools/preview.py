@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .augment import SpatialConfig
-from .config import SynthesisConfig
-from .index import DatasetIndex
-from .planner import SamplePlan, plans_summary
+from ..data.index import DatasetIndex
+from ..plan.augment import SpatialConfig
+from ..plan.config import SynthesisConfig
+from ..plan.planner import SamplePlan, plans_summary
 
 BLEND_COLOUR = (255, 140, 0)
 AFTER_COLOUR = (220, 30, 30)
@@ -71,7 +71,7 @@ def write_preview(out_dir: str | os.PathLike, index: DatasetIndex, num: int, *,
                   epoch: int = 0, device: str = "cpu", decoder: str = "auto", batch_size: int = 8,
                   gif: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Synthesize samples ``0..num-1`` of ``epoch`` and write the preview files. Returns a summary."""
-    from .iterator import BSPIterator
+    from ..iterator import BSPIterator
 
     if num < 1:
         raise ValueError(f"num ({num}) must be >= 1")

@@ -18,9 +18,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .augment import Box, apply_cpu
-from .index import DatasetIndex, VideoInfo
-from .planner import SamplePlan
+from ..data.index import DatasetIndex, VideoInfo
+from ..plan.augment import Box, apply_cpu
+from ..plan.planner import SamplePlan
 
 
 class DecodeError(Exception):
@@ -51,7 +51,7 @@ class PyAVReader:
     baseline); the decode stage turns it on.
     ``rgb_threads``: 0 converts frames to RGB with PyAV's defaults, as a user would
     (``to_ndarray(format="rgb24")``, which lets swscale start a thread pool per frame); 1 converts
-    on the calling thread (:func:`bsp_dali.augment.rgb24`; same pixels, about half the CPU), what
+    on the calling thread (:func:`bsp_dali.plan.augment.rgb24`; same pixels, about half the CPU), what
     the decode stage uses.
     ``decoded`` / ``fallbacks`` count frames the decoder produced and windows that took the
     plain path (for profiles and tests).
@@ -74,7 +74,7 @@ class PyAVReader:
         if not wanted:
             raise ValueError("no frames requested")
         got: dict[int, np.ndarray] = {}
-        from .augment import rgb24
+        from ..plan.augment import rgb24
 
         def keep(n: int, frame) -> None:
             if n in wanted:
@@ -296,7 +296,7 @@ def _decode_skipping(av: Any, path: str, start: tuple[int, int], first: int, las
 
 def select_reader(index: DatasetIndex) -> FrameReader:
     """The CPU reader for an index: procedural demo videos or real files."""
-    from .demo import DEMO_SCHEME, DemoReader
+    from ..data.demo import DEMO_SCHEME, DemoReader
 
     if index.videos and index.videos[0].path.startswith(DEMO_SCHEME):
         w, h = index.videos[0].width, index.videos[0].height

@@ -2,7 +2,7 @@
 
 Every choice the BSP paper leaves open is a field of :class:`SynthesisConfig` with a default and the
 reason for it (see ``docs/method.md``); each field also declares its help text and command-line
-option (:func:`setting`), which ``bsp-dali preview``, ``plan`` and ``train`` share. The planner (``bsp_dali.planner``) draws every random choice
+option (:func:`setting`), which ``bsp-dali preview``, ``plan`` and ``train`` share. The planner (``bsp_dali.plan.planner``) draws every random choice
 inside these bounds; nothing downstream of the planner is random.
 """
 
