@@ -4,13 +4,13 @@ Data flows one way: dataset index -> planner -> decode -> synthesis kernel -> it
 Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are imported where used.
 """
 
-import numpy as np
-
-from .data.index import DatasetIndex, VideoInfo
+from .data.index import BadVideo, DatasetIndex, VideoInfo
 from .plan.augment import SpatialConfig, SpatialMode
 from .plan.config import ALL_TYPES, BoundaryType, SynthesisConfig
 from .plan.planner import Planner, PlanningError, SamplePlan, SourceRef
-from .synth.synthesis import Layout, OutDType, RecipeTables, synthesize, synthesize_reference
+from .synth.tables import Layout, OutDType, RecipeTables
+from .synth.synthesis import synthesize, synthesize_reference
+from .synth.torch_interop import torch_view
 
 __version__ = "0.1.0"
 
@@ -24,19 +24,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'bsp_dali' has no attribute {name!r}")
 
 
-def torch_view(array, dtype="float32"):
-    """Zero-copy PyTorch tensor of a synthesized batch (NumPy or CuPy); bfloat16 batches travel as
-    uint16 bit patterns and come back as ``torch.bfloat16``."""
-    import torch
-
-    t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
-    if OutDType.parse(dtype) is OutDType.BFLOAT16:
-        t = t.view(torch.bfloat16)
-    return t
-
-
 __all__ = [
     "ALL_TYPES",
+    "BadVideo",
     "BSPIterator",
     "DecodeFailures",
     "LastBatchPolicy",

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .gpu import GPUUnavailableError, cuda_available, resolve_device
+from .gpu import (GPUUnavailableError, cuda_available, cuda_device_count, dali_available, import_dali, no_gpu_reason,
+                  resolve_device)
 from .plan.config import SynthesisConfig
-from .train.loop import TrainConfig
+from .train.config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -692,12 +693,11 @@ def info() -> None:
     cfg = SynthesisConfig()
     out_console.print(f"bsp-dali {__version__}")
     out_console.print(f"default synthesis settings: {json.dumps(cfg.to_dict())}")
-    out_console.print(f"CUDA device usable (CuPy): {cuda_available()}")
-    try:
-        import nvidia.dali as dali  # noqa: F401
-
-        out_console.print(f"DALI: {dali.__version__}")
-    except Exception:  # noqa: BLE001
+    n = cuda_device_count()
+    out_console.print(f"CUDA devices usable: {n}" + ("" if n else f" ({no_gpu_reason()})"))
+    if dali_available():
+        out_console.print(f"DALI: {import_dali().__version__}")
+    else:
         out_console.print("DALI: not installed (CPU paths only)")
 
 

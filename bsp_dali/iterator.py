@@ -40,11 +40,13 @@ from .data.index import DatasetIndex
 from .decode.pyav import FrameReader
 from .decode.stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, DecodeStage, StageOptions
 from .decode.windows import BatchWindows
-from .gpu import resolve_device
+from .gpu import current_cuda_device, resolve_device
 from .plan.augment import SpatialConfig
 from .plan.config import ChoiceEnum, SynthesisConfig
 from .plan.planner import Planner, SamplePlan
-from .synth.synthesis import Layout, OutDType, synthesize
+from .synth.tables import Layout, OutDType, RecipeTables
+from .synth.synthesis import synthesize
+from .synth.torch_interop import torch_view
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,13 @@ class LastBatchPolicy(ChoiceEnum):
 class RawBatch:
     """A synthesized batch before conversion to PyTorch: ``video`` is NumPy (CPU) or CuPy (GPU);
     ``windows`` are the units decoded for it (``windows.decoded_frames``: frames the readers
-    returned)."""
+    returned). On the GPU ``tensor`` is the PyTorch tensor that owns the batch's memory (``video``
+    is a view of it)."""
 
     plans: list[SamplePlan]
     video: Any
     windows: BatchWindows | None = None
+    tensor: Any = None
 
 
 def _dist_shard() -> tuple[int, int]:
@@ -161,17 +165,18 @@ class BSPIterator:
         self.epoch = 0
         self.position = 0  # next batch of the current epoch
         self._worker: _Prefetcher | None = None
+        self._gpu: Any = None  # GPUSynthesis, made at the first GPU batch
         if len(self) == 0:
             raise ValueError(f"an epoch of {self.epoch_size} samples over {self.world} shard(s) gives no batch of "
                              f"{batch_size} with last_batch_policy={self.policy.value}; lower batch_size or use 'partial'")
 
     # ------------------------------------------------------------------ set-up
     def _pick_device_id(self, device_id: int | None) -> int:
+        """The GPU: ``device_id``, else PyTorch's current device (``torch.cuda.set_device``, what a
+        model's ``.cuda()`` uses), so one GPU per rank through ``CUDA_VISIBLE_DEVICES`` works."""
         if device_id is not None or self.device == "cpu":
             return int(device_id or 0)
-        import os
-
-        return int(os.environ.get("LOCAL_RANK", 0))
+        return current_cuda_device()
 
     @property
     def decoder_description(self) -> str:
@@ -301,6 +306,8 @@ class BSPIterator:
 
     def close(self) -> None:
         self._stop_worker()
+        if self._gpu is not None:
+            self._gpu.close()
         self.stage.close()
 
     def __enter__(self) -> "BSPIterator":
@@ -326,30 +333,27 @@ class BSPIterator:
         CPU the prefetcher's synthesis thread runs it instead (``_cpu_synthesis``)."""
         if self.device != "gpu":
             return _cpu_synthesis(self.mean, self.std, self.dtype, self.layout)(decoded)
-        from .gpu import import_cupy
+        if self._gpu is None:
+            from .synth.torch_interop import GPUSynthesis
 
-        cp = import_cupy()
-        tables = decoded.tables()
-        with cp.cuda.Device(self.device_id):
-            # host-decoded stacks (PyAV): one upload each; DALI's stacks are already on the device
-            stacks = [s if not isinstance(s, np.ndarray) else cp.asarray(s) for s in decoded.stacks]
-            video = synthesize(stacks, tables, mean=self.mean, std=self.std, dtype=self.dtype, layout=self.layout)
+            self._gpu = GPUSynthesis(self.device_id, mean=self.mean, std=self.std, dtype=self.dtype,
+                                     layout=self.layout)
+        # the batch in a tensor from PyTorch's allocator, written on PyTorch's current stream
+        tensor, video = self._gpu(decoded.stacks, RecipeTables.from_windows(decoded.plans, decoded.windows))
         decoded.release()  # the uploads are done: host stacks may go back to their ring
-        return RawBatch(decoded.plans, video, decoded.windows)
+        return RawBatch(decoded.plans, video, decoded.windows, tensor)
 
     def render(self, plans: Sequence[SamplePlan]) -> RawBatch:
         """Decode and synthesize given plans (not drawn by this iterator: ``extract`` and
-        ``inspect`` build their own). A file that fails raises :class:`DecodeError`."""
+        ``inspect`` build their own). A file that fails raises :class:`BadVideo`."""
         return self._finish(self.stage.render(list(plans)))
 
     # ------------------------------------------------------------------ PyTorch
     def to_torch(self, raw: RawBatch) -> dict[str, Any]:
         import torch
 
-        from . import torch_view
-
         plans = raw.plans
-        video = torch_view(raw.video, self.dtype)
+        video = raw.tensor if raw.tensor is not None else torch_view(raw.video, self.dtype)
         dev = video.device
         out = {
             "video": video,
@@ -369,7 +373,8 @@ def _cpu_synthesis(mean: Any, std: Any, dtype: OutDType, layout: Layout) -> Call
     (the synthesis thread runs it). The batch's stacks are released as soon as they are used."""
 
     def finish(decoded: DecodedBatch) -> RawBatch:
-        video = synthesize(decoded.stacks, decoded.tables(), mean=mean, std=std, dtype=dtype, layout=layout)
+        tables = RecipeTables.from_windows(decoded.plans, decoded.windows)
+        video = synthesize(decoded.stacks, tables, mean=mean, std=std, dtype=dtype, layout=layout)
         decoded.release()
         return RawBatch(decoded.plans, video, decoded.windows)
 

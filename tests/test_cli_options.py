@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bsp_dali.cli import OPT_CONFIG, app, config_options
 from bsp_dali.plan.config import SynthesisConfig, setting
-from bsp_dali.train.loop import TrainConfig
+from bsp_dali.train.config import TrainConfig
 
 runner = CliRunner()
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from bsp_dali.plan.augment import apply_cpu
-from bsp_dali.decode.pyav import DecodeError, PyAVReader, SourceJob, decode_cpu
+from bsp_dali import BadVideo
+from bsp_dali.decode.pyav import PyAVReader, SourceJob, decode_cpu
 from bsp_dali.data.videogen import read_frame_index
 from conftest import ffmpeg_frames
 
@@ -44,11 +45,11 @@ def test_pyav_matches_an_independent_decoder(indexed_h264, kinetics_h264):
 
 def test_frames_beyond_the_end_are_an_error_not_a_padded_frame(indexed_h264):
     v = indexed_h264.videos[0]
-    with pytest.raises(DecodeError, match="the video has"):
+    with pytest.raises(BadVideo, match="the video has"):
         PyAVReader(indexed_h264).read(v, [0, v.num_frames])
     out = decode_cpu([SourceJob(0, (v.num_frames + 3,), (0, 0, 1, 1), False)], indexed_h264,
                      PyAVReader(indexed_h264), (32, 32))
-    assert isinstance(out[0], DecodeError)
+    assert isinstance(out[0], BadVideo)
 
 
 def test_dali_cpu_decoder_on_vp9(indexed_vp9, kinetics_vp9):

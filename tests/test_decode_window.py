@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bsp_dali.decode.pyav import DecodeError, PyAVReader, WindowStats, decode_window
+from bsp_dali import BadVideo
+from bsp_dali.decode.pyav import PyAVReader, WindowStats, decode_window
 from bsp_dali.data.index import DatasetIndex, VideoInfo
 from bsp_dali.data.probe import probe_packets
 from bsp_dali.data.videogen import index_frame, read_frame_index
@@ -195,8 +196,8 @@ def test_pyav_reader_skips_only_when_asked(tmp_path):
     frames = [k + 18, k + 19, k + 25, k + 20]  # far into a GOP: B-frames before the first
     assert np.array_equal(plain.read(video, frames), skip.read(video, frames))
     assert skip.decoded < plain.decoded and plain.fallbacks == skip.fallbacks == 0
-    with pytest.raises(DecodeError, match="the video has 90"):
+    with pytest.raises(BadVideo, match="the video has 90"):
         skip.read(video, [89, 90])
     short = dataclasses.replace(video, num_frames=95)  # the index promises frames the file lacks
-    with pytest.raises(DecodeError, match="stream ended early"):
+    with pytest.raises(BadVideo, match="stream ended early"):
         skip.read(short, [88, 94])

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bsp_dali import gpu
 from bsp_dali.train import distributed
 from bsp_dali.train.distributed import Dist, WorkerFailed, cuda_index, launch, setup_dist
 
@@ -70,6 +71,7 @@ class FakeCuda:
         self.count, self.current, self.set_calls = count, 0, []
 
     def install(self, monkeypatch):
+        monkeypatch.setattr(gpu, "cuda_device_count", lambda: self.count)  # the one answer setup_dist asks
         monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
         monkeypatch.setattr(torch.cuda, "set_device", self.set_device)
@@ -114,7 +116,7 @@ def test_setup_dist_binds_the_nccl_group_to_its_device(monkeypatch):
 def test_a_gpu_run_without_cuda_is_a_clear_error(monkeypatch):
     clear_env(monkeypatch)
     FakeCuda(0).install(monkeypatch)
-    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+    with pytest.raises(ValueError, match="no CUDA device is usable"):
         setup_dist(use_gpu=True)
 
 

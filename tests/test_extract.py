@@ -17,7 +17,7 @@ import torch
 from bsp_dali.plan.augment import SpatialConfig, SpatialMode, apply_cpu, draw
 from bsp_dali.tools.extract import rescale, snippet_starts
 from bsp_dali.tools.separability import roc_auc
-from bsp_dali.synth.synthesis import DEFAULT_MEAN, DEFAULT_STD
+from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 from bsp_dali.data.videogen import write_index_video
 from bsp_models import encoder_from_bsp_checkpoint
 

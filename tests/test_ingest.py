@@ -230,7 +230,8 @@ def test_open_gop_keyframes_are_indexed_in_presentation_order(tmp_path):
 
 
 def test_packet_probe_defers_to_decoding_where_packets_cannot_vouch(tmp_path):
-    from bsp_dali.data.probe import BadVideo, probe_packets, probe_video
+    from bsp_dali import BadVideo
+    from bsp_dali.data.probe import probe_packets, probe_video
 
     src = tmp_path / "src.mp4"
     write_index_video(src, 53, 64, 96, gop=12)

@@ -11,7 +11,7 @@ from bsp_dali.plan.augment import SpatialConfig, apply_cpu
 from bsp_dali.decode.pyav import PyAVReader
 from bsp_dali.data.ingest import index_data
 from bsp_dali.iterator import BSPIterator, DecodeFailures
-from bsp_dali.synth.synthesis import DEFAULT_MEAN, DEFAULT_STD
+from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 from bsp_dali.data.videogen import read_frame_index
 
 SMALL = SpatialConfig(size=(32, 48))

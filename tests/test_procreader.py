@@ -11,7 +11,8 @@ import pytest
 
 from bsp_dali import Planner, SynthesisConfig
 from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
-from bsp_dali.decode.pyav import DecodeError, PyAVReader
+from bsp_dali import BadVideo
+from bsp_dali.decode.pyav import PyAVReader
 from bsp_dali.decode.procreader import SHM_PREFIX, Arena, ProcessWindowReader, shm_dir, sweep_stale_segments
 from bsp_dali.decode.readers import CPUWindowReader
 from bsp_dali.data.videogen import read_frame_index
@@ -108,10 +109,10 @@ def test_a_bad_file_is_a_decode_error_naming_it_and_the_workers_go_on(tmp_path, 
     try:
         units = [DecodeUnit(v, 2, 6, FULL_BOX, False) for v in range(4)]
         out = reader.read_windows(units)
-        assert isinstance(out[1], DecodeError) and out[1].path.endswith(index.videos[1].path)
+        assert isinstance(out[1], BadVideo) and out[1].path.endswith(index.videos[1].path)
         assert "decoding failed" in out[1].reason
         late = reader.read_windows([DecodeUnit(0, 10 ** 4, 2, FULL_BOX, False)])[0]  # past the end
-        assert isinstance(late, DecodeError) and "the video has" in late.reason
+        assert isinstance(late, BadVideo) and "the video has" in late.reason
         assert all(isinstance(s, np.ndarray) for k, s in enumerate(out) if k != 1)
     finally:
         reader.close()

@@ -8,13 +8,15 @@ import pytest
 
 from bsp_dali import Planner, SynthesisConfig
 from bsp_dali.plan.augment import FULL_BOX, SpatialConfig, apply_cpu
-from bsp_dali.decode.pyav import DecodeError, PyAVReader
+from bsp_dali import BadVideo
+from bsp_dali.decode.pyav import PyAVReader
 from bsp_dali.data.demo import DemoReader, demo_index
 from bsp_dali.data.ingest import index_data
 from bsp_dali.plan.planner import plain_plan
 from bsp_dali.decode.stage import DecodeFailures, DecodeStage, StageOptions
 from bsp_dali.data.videogen import read_frame_index
 from bsp_dali.decode.windows import DecodeUnit
+from bsp_dali.synth.tables import RecipeTables
 from conftest import ffmpeg_frames
 
 SIZE = (24, 24)
@@ -31,7 +33,7 @@ class CountingReader:
     def read(self, video, frames):
         self.calls.append((video.path, tuple(frames)))
         if video.path in self.fail:
-            raise DecodeError(video.path, "stand-in failure")
+            raise BadVideo(video.path, "stand-in failure")
         return self.demo.read(video, frames)
 
 
@@ -51,7 +53,7 @@ def test_stage_decodes_the_units_of_a_batch_and_their_tables(tmp_path):
         assert frames == tuple(unit.frames)
         raw = DemoReader(32, 32).read(index.videos[unit.video], unit.frames)
         assert np.array_equal(stack, apply_cpu(raw, unit.crop, unit.flip, SIZE))
-    tables = batch.tables()
+    tables = RecipeTables.from_windows(batch.plans, batch.windows)
     assert tables.frames_per_source == tuple(u.length for u in batch.windows.units)
 
 
@@ -79,7 +81,7 @@ def test_a_failing_file_is_banned_its_samples_replanned_and_other_units_reused()
     with pytest.raises(DecodeFailures, match=victim):
         strict.decode(0, list(range(8)))
     # render (plans from elsewhere) does not replan: it raises the file's error
-    with pytest.raises(DecodeError, match="stand-in"):
+    with pytest.raises(BadVideo, match="stand-in"):
         strict.render([probe.plan(2, 0)])
 
 
@@ -158,10 +160,10 @@ def test_dali_reader_blames_exactly_the_broken_files(broken_vp9):
     L = 8
     units = [DecodeUnit(v, 30 if v == 4 else 2, L, FULL_BOX, False) for v in (0, 1, 2, 4, 5, 3)]
     out = DaliFileListReader(index, "experimental", "cpu", L, (32, 48), max_batch=4).read_windows(units)
-    bad = {u.video for u, r in zip(units, out) if isinstance(r, DecodeError)}
+    bad = {u.video for u, r in zip(units, out) if isinstance(r, BadVideo)}
     assert bad == {1, 4}
     for u, r in zip(units, out):
-        if isinstance(r, DecodeError):
+        if isinstance(r, BadVideo):
             assert r.path.endswith(index.videos[u.video].path) and "DALI (cpu, experimental reader)" in r.reason
         else:
             assert [read_frame_index(f) for f in r] == list(u.frames)

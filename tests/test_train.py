@@ -224,7 +224,8 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
 
 
 def test_learning_rate_schedule_never_exceeds_the_base_rate():
-    from bsp_dali.train.loop import TrainConfig, lr_factor
+    from bsp_dali.train.config import TrainConfig
+    from bsp_dali.train.loop import lr_factor
 
     for warm in (0.0, 1.0, 2.5):
         for sched in ("cosine", "step"):

@@ -9,7 +9,8 @@ from bsp_dali import DatasetIndex, Planner, SynthesisConfig
 from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.data.demo import DemoReader, demo_index
 from bsp_dali.plan.planner import plain_plan
-from bsp_dali.synth.synthesis import RecipeTables, synthesize_reference
+from bsp_dali.synth.tables import RecipeTables
+from bsp_dali.synth.synthesis import synthesize_reference
 from bsp_dali.decode.windows import DecodeUnit, fixed_window_length, longest_span, plan_windows
 
 CFG = SynthesisConfig(eps_range=(1, 4), gammas=(0.5, 2.0, 3.0))
@@ -40,7 +41,7 @@ def test_kernel_output_from_windows_equals_output_from_the_planned_frames(fixed,
         old = synthesize_reference(old_stacks, RecipeTables.from_plans(plans), dtype="uint8")
         L = fixed_window_length(cfg, share) if fixed else None
         bw = plan_windows(plans, index.num_frames, L)
-        new = synthesize_reference(_demo_stacks(index, bw.units), bw.tables(plans), dtype="uint8")
+        new = synthesize_reference(_demo_stacks(index, bw.units), RecipeTables.from_windows(plans, bw), dtype="uint8")
         assert np.array_equal(old, new)
         for n, plan in enumerate(plans):  # every recipe frame lies in its slot's window
             for s, frames in enumerate(plan.frames):
@@ -149,7 +150,7 @@ def test_unit_and_table_arguments_are_checked():
     plans = [plain_plan(index, 0, [1, 2])]
     bw = plan_windows(plans, index.num_frames)
     with pytest.raises(ValueError, match="plans"):
-        bw.tables(plans * 2)
+        RecipeTables.from_windows(plans * 2, bw)
     with pytest.raises(ValueError, match="fixed_length"):
         plan_windows(plans, index.num_frames, 0)
 

@@ -34,7 +34,8 @@ from ..plan.augment import SpatialConfig, apply_cpu
 from ..plan.config import SynthesisConfig
 from ..measure import (STEADY, LoopTimer, UtilSampler, Window, dataloader_warmup, prefetch_warmup,
                        steady_rate)
-from ..synth.synthesis import OutDType, RecipeTables, synthesize_reference
+from ..synth.tables import OutDType, RecipeTables
+from ..synth.synthesis import synthesize_reference
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +252,10 @@ def gpu_ceiling_pipelines(index: DatasetIndex, pipelines: int, device_id: int = 
     over a slice of the files each, windows of ``sequence`` consecutive frames (``step`` =
     ``sequence``: every frame decoded once, front to back), no shuffling. DALI checks the
     arguments here; ``build()`` needs a GPU."""
-    try:
-        import nvidia.dali as dali
-        from nvidia.dali import fn, types
-    except ImportError as e:
-        from ..gpu import GPUUnavailableError
+    from ..gpu import import_dali
 
-        raise GPUUnavailableError(f"the GPU decode ceiling needs NVIDIA DALI ({e})") from None
+    dali = import_dali()
+    from nvidia.dali import fn, types
     if pipelines < 1:
         raise ValueError(f"pipelines ({pipelines}) must be >= 1")
     files = _ceiling_files(index)
@@ -495,7 +493,7 @@ def stage_profile(index: DatasetIndex, batch: int, threads: int, synthesis: Synt
             t1 = time.perf_counter()
             stacks = stage.read(windows.units)
             t2 = time.perf_counter()
-            synthesize_reference(stacks, windows.tables(plans), dtype=OutDType.FLOAT16)
+            synthesize_reference(stacks, RecipeTables.from_windows(plans, windows), dtype=OutDType.FLOAT16)
             t3 = time.perf_counter()
             t["plan"] += t1 - t0
             t["decode_and_resize"] += t2 - t1

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..gpu import importable
 from ..measure import QUICK, STEADY, Window, nvml_sampler
 from ..plan.config import SynthesisConfig
 from .data import QUICK_DATA, BenchDataSpec, bench_data, describe_data, transcoded_data, user_data
@@ -178,7 +179,7 @@ def loader_rows(index: Any, device: str, settings: BenchSettings, threads: Seque
                         # reference baselines at the first point: PyAV with the pipeline's one-thread
                         # RGB conversion (both data sets), decord / torchcodec where installed
                         if (T, size, n) == (T0, S0, threads[-1]) and (
-                                dec == "pyav-tuned" or (_importable(dec) and data_set == AS_GIVEN)):
+                                dec == "pyav-tuned" or (importable(dec) and data_set == AS_GIVEN)):
                             try:
                                 rows.append({**common, **bench_baseline(index, device, B, n, syn, size,
                                                                         settings.window, decoder=dec,
@@ -186,14 +187,6 @@ def loader_rows(index: Any, device: str, settings: BenchSettings, threads: Seque
                             except Exception as e:  # noqa: BLE001 - an optional baseline must not end the run
                                 log.warning("baseline with %s failed: %s", dec, e)
     return rows
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def attach_ceilings(rows: list[dict[str, Any]], device: str) -> None:

@@ -1,4 +1,5 @@
-"""The dataset index: which videos exist, their class, length and size.
+"""The dataset index: which videos exist, their class, length and size; and :class:`BadVideo`,
+a file that cannot be used.
 
 This is the first stage of the data flow (index -> planner -> decode -> synthesis -> iterator).
 The planner reads only this; it never opens a video file. ``bsp-dali index`` fills it from disk;
@@ -16,6 +17,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 MANIFEST_VERSION = 1
+
+
+class BadVideo(Exception):
+    """A video file that cannot be used, with the reason in words (``path``, ``reason``;
+    ``str(e)`` is ``"path: reason"``): raised when probing finds it unusable (``bsp-dali index``
+    excludes it) and when decoding the frames a plan asks for fails (the decode stage bans it and
+    replaces its samples)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -186,4 +199,4 @@ class DatasetIndex:
                             excluded=self.excluded)
 
 
-__all__ = ["DatasetIndex", "VideoInfo", "MANIFEST_VERSION"]
+__all__ = ["BadVideo", "DatasetIndex", "VideoInfo", "MANIFEST_VERSION"]

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .index import DatasetIndex, VideoInfo
-from .probe import BadVideo, ProbeMode, probe as probe_file
+from .index import BadVideo, DatasetIndex, VideoInfo
+from .probe import ProbeMode, probe as probe_file
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class BadVideo(Exception):
-    """A file that cannot be used, with the reason in words (``str(e)``)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+from .index import BadVideo
 
 
 class ProbeMode(str, enum.Enum):

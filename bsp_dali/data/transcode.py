@@ -368,7 +368,8 @@ def transcode_one(src: str, dst: str, settings: TranscodeSettings, encoder: str 
     """Transcode one file (``dst`` is its final path). Returns the VideoResult fields that depend on
     the file, with ``status`` done / skipped / failed, or ``nospace`` when the disk filled up (the
     partial output is removed). Never raises for a bad source."""
-    from .probe import BadVideo, probe_packets
+    from .index import BadVideo
+    from .probe import probe_packets
 
     t0 = time.perf_counter()
     res: dict[str, Any] = {"status": "failed"}

@@ -27,7 +27,7 @@ Kinds (:class:`DaliReaderKind`):
 A pipeline is built per call of ``read_windows`` (a chunk of units: the stage plans ahead and
 gives each pipeline the units of a few batches). When a chunk fails, the culprit files are found by
 bisection over the files of the chunk (good halves keep their results), and their units come back
-as :class:`~bsp_dali.decode.pyav.DecodeError`.
+as :class:`~bsp_dali.decode.pyav.BadVideo`.
 
 DALI is imported lazily, inside the methods.
 """
@@ -42,9 +42,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
+from ..data.index import BadVideo, DatasetIndex
 from ..plan.config import ChoiceEnum
-from .pyav import DecodeError, read_bytes
+from .pyav import read_bytes
 from .readers import Result, check_stack, unit_error
 from .windows import DecodeUnit
 
@@ -146,7 +146,7 @@ class DaliFileListReader:
 
     # ------------------------------------------------------------------ the pipeline of one chunk
     def _build(self, list_path: str, batch: int) -> Any:
-        from .pipeline import import_dali
+        from ..gpu import import_dali
 
         dali = import_dali()
         from nvidia.dali import fn, types
@@ -236,7 +236,7 @@ class DaliFileListReader:
         results: list[Result] = [None] * len(units)
         self._decode_or_bisect(list(range(len(units))), units, results)
         for u, r in zip(units, results):
-            if not isinstance(r, DecodeError):
+            if not isinstance(r, BadVideo):
                 check_stack(r, u, self.size)
         return results
 
@@ -299,12 +299,12 @@ class DaliFramesReader:
         def load(u: DecodeUnit) -> Any:
             try:
                 return read_bytes(self.index, u.video)
-            except DecodeError as e:
+            except BadVideo as e:
                 return e
 
         data = list(self._pool.map(load, units))
         results: list[Result] = list(data)
-        live = [k for k, d in enumerate(data) if not isinstance(d, DecodeError)]
+        live = [k for k, d in enumerate(data) if not isinstance(d, BadVideo)]
         requests = [SourceRequest(data[k], units[k].frames, units[k].crop, units[k].flip) for k in live]
         if not requests:
             return results

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..gpu import GPUUnavailableError
+from ..gpu import import_dali
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +28,6 @@ DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 
 class DaliPipelineError(RuntimeError):
     """DALI failed on a batch; the pipeline has been rebuilt (``find_failures`` names the culprits)."""
-
-
-def import_dali() -> Any:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError as e:
-        raise GPUUnavailableError(
-            f"NVIDIA DALI is not installed ({e}); install 'bsp-dali[cu13]' (GPU) or 'bsp-dali[dali]' (CPU)"
-        ) from None
-    import nvidia.dali as dali
-
-    return dali
 
 
 def device_array(cp: Any, tensor: Any) -> Any:

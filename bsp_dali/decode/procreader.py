@@ -1,7 +1,7 @@
 """Decode windows in worker processes, into shared memory: the CPU's window reader.
 
     reader = ProcessWindowReader(index, size=(224, 224), workers=2)
-    stacks = reader.read_windows(units)   # FHWC uint8 NumPy views into shared memory, or DecodeError
+    stacks = reader.read_windows(units)   # FHWC uint8 NumPy views into shared memory, or BadVideo
     del stacks                            # their memory goes back to the ring
     reader.close()
 
@@ -38,7 +38,7 @@ exit when the channel closes or the parent dies (they poll the parent's pid), an
 parent killed with SIGKILL) are removed when the next reader starts.
 
 A worker that dies while decoding a unit (a crash in FFmpeg, the OOM killer) fails that unit with
-a :class:`~bsp_dali.decode.pyav.DecodeError` naming the file, so the stage bans it like any bad file,
+a :class:`~bsp_dali.decode.pyav.BadVideo` naming the file, so the stage bans it like any bad file,
 and is replaced.
 """
 
@@ -65,8 +65,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
-from .pyav import DecodeError
+from ..data.index import BadVideo, DatasetIndex
 from .windows import DecodeUnit
 
 log = logging.getLogger(__name__)
@@ -282,7 +281,7 @@ def _worker_main(fd: int) -> None:
     conn = Connection(fd)
     maps: dict[str, mmap.mmap] = {}
     from ..plan.augment import transform_av_frame
-    from .pyav import DecodeError, WindowStats, read_window
+    from .pyav import WindowStats, read_window
 
     conn.send(("ready", os.getpid()))
     while True:
@@ -324,7 +323,7 @@ def _worker_main(fd: int) -> None:
                 missing = (np.flatnonzero(~seen) + first).tolist()
                 error = (f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be decoded "
                          f"(the stream ended early)")
-        except DecodeError as e:
+        except BadVideo as e:
             error = e.reason
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the worker
             error = f"{type(e).__name__}: {e}"
@@ -355,7 +354,7 @@ class ReaderStats:
 
 class Request:
     """The answer to :meth:`ProcessWindowReader.submit`: ``result()`` waits for every unit (a view or a
-    DecodeError each, in the order given); ``cancel()`` gives up on the rest."""
+    BadVideo each, in the order given); ``cancel()`` gives up on the rest."""
 
     def __init__(self, n: int):
         self.results: list[Any] = [None] * n
@@ -513,7 +512,7 @@ def _finish(state: _State, task: _Task, error: str | None, stats: tuple | None) 
         st.transform_s += stats[3]
     if req.dropped or error is not None:
         state.arena.free(s, off, nbytes)
-        result: Any = None if req.dropped else DecodeError(task.path, error or "")
+        result: Any = None if req.dropped else BadVideo(task.path, error or "")
     else:
         result = state.arena.view(s, off, task.shape)
     if not req.dropped:

@@ -18,18 +18,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex, VideoInfo
+from ..data.index import BadVideo, DatasetIndex, VideoInfo
 from ..plan.augment import Box, apply_cpu
 from ..plan.planner import SamplePlan
-
-
-class DecodeError(Exception):
-    """A video that failed to decode the frames a plan asked for (``path``, ``reason``)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class FrameReader(Protocol):
@@ -84,7 +75,7 @@ class PyAVReader:
         self.window(video, min(wanted), max(wanted), keep)
         missing = sorted(wanted - set(got))
         if missing:
-            raise DecodeError(path, f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be "
+            raise BadVideo(path, f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be "
                                     f"decoded (the stream ended early)")
         return np.stack([got[int(f)] for f in frames])
 
@@ -92,7 +83,7 @@ class PyAVReader:
         """Decode frames ``first..last`` of ``video``, calling ``on_frame(n, av_frame)`` for each in
         order. After a fallback (see :func:`decode_window`) frames are delivered again from
         ``first``: a caller that stores them by index simply overwrites. Returns the frames the
-        decoder produced; raises :class:`DecodeError` naming the file."""
+        decoder produced; raises :class:`BadVideo` naming the file."""
         stats = WindowStats()
         try:
             return read_window(self.index.resolve(video.path), video, first, last, on_frame, threads=self.threads,
@@ -105,19 +96,19 @@ class PyAVReader:
 def read_window(path: str, video: VideoInfo, first: int, last: int, on_frame: Callable[[int, Any], None],
                 threads: int = 0, skip_nonref: bool = True, stats: "WindowStats | None" = None) -> int:
     """:func:`decode_window` for a video of the index at ``path`` (resolved), with its checks: a
-    window outside the video, or any decoding failure, raises :class:`DecodeError` naming the file.
+    window outside the video, or any decoding failure, raises :class:`BadVideo` naming the file.
     Returns the frames the decoder produced (also added to ``stats``)."""
     if first < 0 or last >= video.num_frames or first > last:
-        raise DecodeError(path, f"frames {first}..{last} requested, the video has {video.num_frames}")
+        raise BadVideo(path, f"frames {first}..{last} requested, the video has {video.num_frames}")
     stats = stats if stats is not None else WindowStats()
     before = stats.decoded
     try:
         decode_window(path, video.keyframes, first, last, on_frame, threads=threads, skip_nonref=skip_nonref,
                       stats=stats)
-    except DecodeError:
+    except BadVideo:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg errors come in many types
-        raise DecodeError(path, f"decoding failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise BadVideo(path, f"decoding failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return stats.decoded - before
 
 
@@ -321,19 +312,19 @@ def source_jobs(plans: Sequence[SamplePlan]) -> list[SourceJob]:
 
 
 def decode_cpu(jobs: Sequence[SourceJob], index: DatasetIndex, reader: FrameReader, size: tuple[int, int],
-               pool: ThreadPoolExecutor | None = None) -> list[np.ndarray | DecodeError]:
+               pool: ThreadPoolExecutor | None = None) -> list[np.ndarray | BadVideo]:
     """Decode and spatially transform sources on the CPU (in parallel threads).
 
-    Returns one FHWC uint8 stack of ``size`` per job, or the :class:`DecodeError` of a job that
+    Returns one FHWC uint8 stack of ``size`` per job, or the :class:`BadVideo` of a job that
     failed (the caller replaces its sample)."""
 
-    def one(job: SourceJob) -> np.ndarray | DecodeError:
+    def one(job: SourceJob) -> np.ndarray | BadVideo:
         try:
             stack = reader.read(index.videos[job.video], job.frames)
-        except DecodeError as e:
+        except BadVideo as e:
             return e
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return DecodeError(index.resolve(index.videos[job.video].path), f"{type(e).__name__}: {e}")
+            return BadVideo(index.resolve(index.videos[job.video].path), f"{type(e).__name__}: {e}")
         return apply_cpu(stack, job.crop, job.flip, size)
 
     if pool is None:
@@ -347,7 +338,7 @@ def read_bytes(index: DatasetIndex, video: int) -> np.ndarray:
     try:
         return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise DecodeError(path, f"cannot be read ({e.strerror or e})") from None
+        raise BadVideo(path, f"cannot be read ({e.strerror or e})") from None
 
 
 def default_threads() -> int:

@@ -2,10 +2,10 @@
 
 The interface every backend implements::
 
-    reader.read_windows(units) -> list of (FHWC uint8 stack of ``size``) or DecodeError, one per unit
+    reader.read_windows(units) -> list of (FHWC uint8 stack of ``size``) or BadVideo, one per unit
 
 in the order given: NumPy arrays on the CPU, CuPy arrays on the GPU. A file that fails comes back
-as the :class:`~bsp_dali.decode.pyav.DecodeError` of its units (naming the file and the reason); a reader
+as the :class:`~bsp_dali.decode.pyav.BadVideo` of its units (naming the file and the reason); a reader
 raises only for programming errors. Readers are deterministic functions of the units.
 
 Backends: :class:`CPUWindowReader` over any frame reader (PyAV with a keyframe seek and one forward
@@ -22,14 +22,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
+from ..data.index import BadVideo, DatasetIndex
 from ..plan.augment import apply_cpu
-from .pyav import DecodeError, FrameReader
+from .pyav import FrameReader
 from .windows import DecodeUnit
 
 log = logging.getLogger(__name__)
 
-Result = Any  # an FHWC uint8 stack (NumPy or CuPy) or a DecodeError
+Result = Any  # an FHWC uint8 stack (NumPy or CuPy) or a BadVideo
 
 
 class WindowReader(Protocol):
@@ -44,16 +44,16 @@ class WindowReader(Protocol):
         ...
 
 
-def unit_error(index: DatasetIndex, unit: DecodeUnit, reason: str) -> DecodeError:
-    return DecodeError(index.resolve(index.videos[unit.video].path), reason)
+def unit_error(index: DatasetIndex, unit: DecodeUnit, reason: str) -> BadVideo:
+    return BadVideo(index.resolve(index.videos[unit.video].path), reason)
 
 
 def decode_unit_cpu(index: DatasetIndex, reader: FrameReader, unit: DecodeUnit, size: tuple[int, int]) -> Result:
     """One unit on the CPU: the window's frames (one seek, one forward decode with PyAV), then the
-    crop, resize and flip. A failure comes back as a DecodeError naming the file."""
+    crop, resize and flip. A failure comes back as a BadVideo naming the file."""
     try:
         stack = reader.read(index.videos[unit.video], unit.frames)
-    except DecodeError as e:
+    except BadVideo as e:
         return e
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
         return unit_error(index, unit, f"{type(e).__name__}: {e}")

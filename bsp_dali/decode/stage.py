@@ -2,7 +2,7 @@
 
     stage = DecodeStage(index, planner, StageOptions(size=(224, 224), device="gpu"))
     for batch in stage.stream(epoch, [[0, 1, 2, 3], [4, 5, 6, 7]]):   # in order
-        batch.plans, batch.windows, batch.stacks, batch.tables()       # ready for the kernel
+        batch.plans, batch.windows, batch.stacks   # the kernel's tables: RecipeTables.from_windows
 
 What it owns:
 
@@ -37,14 +37,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..data.demo import DEMO_SCHEME
-from ..data.index import DatasetIndex
-from ..gpu import GPUUnavailableError
+from ..data.index import BadVideo, DatasetIndex
+from ..gpu import GPUUnavailableError, dali_available
 from ..plan.config import ChoiceEnum
 from ..plan.planner import Planner, SamplePlan
-from ..synth.synthesis import RecipeTables
 from .dali_readers import DaliFileListReader, DaliFramesReader, DaliReaderKind
 from .pipeline import DALI_CPU_CODECS
-from .pyav import DecodeError, FrameReader, PyAVReader, default_threads, select_reader
+from .pyav import FrameReader, PyAVReader, default_threads, select_reader
 from .readers import CPUWindowReader, Result, WindowReader
 from .windows import BatchWindows, DecodeUnit, fixed_window_length, plan_windows
 
@@ -73,9 +72,6 @@ class DecodedBatch:
     plans: list[SamplePlan]
     windows: BatchWindows
     stacks: list[Any]
-
-    def tables(self) -> RecipeTables:
-        return self.windows.tables(self.plans)
 
     def release(self) -> None:
         """Drop the batch's references to its stacks, once they are synthesized. Stacks of the worker
@@ -120,15 +116,6 @@ class CPUWorkers(ChoiceEnum):
     @classmethod
     def what(cls) -> str:
         return "cpu_workers"
-
-
-def dali_installed() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class DecodeStage:
@@ -183,8 +170,8 @@ class DecodeStage:
         if self.index.videos and self.index.videos[0].path.startswith(DEMO_SCHEME):
             return "demo"
         if decoder == "auto":  # without DALI, PyAV decodes on the CPU (and the GPU synthesizes)
-            return "dali" if dali_installed() else "pyav"
-        if decoder == "dali" and not dali_installed():
+            return "dali" if dali_available() else "pyav"
+        if decoder == "dali" and not dali_available():
             raise GPUUnavailableError("decoder='dali' was asked for but NVIDIA DALI is not installed")
         return decoder
 
@@ -318,9 +305,9 @@ class DecodeStage:
             if missing:
                 for u, r in zip(missing, self.read(missing)):
                     have[u] = r
-            bad: dict[int, DecodeError] = {}
+            bad: dict[int, BadVideo] = {}
             for u in bw.units:
-                if isinstance(have[u], DecodeError):
+                if isinstance(have[u], BadVideo):
                     bad.setdefault(u.video, have[u])
             if not bad:
                 return DecodedBatch(plans, bw, [have[u] for u in bw.units])
@@ -335,7 +322,7 @@ class DecodeStage:
 
     def render(self, plans: Sequence[SamplePlan]) -> DecodedBatch:
         """Decode given plans (not drawn here: ``extract`` and ``inspect`` build their own); a file
-        that fails raises its :class:`DecodeError`, nothing is replanned."""
+        that fails raises its :class:`BadVideo`, nothing is replanned."""
         return self._resolve(0, list(plans), {}, replan=False)
 
     def stream(self, epoch: int, batches: Iterable[Sequence[int]]) -> Iterator[DecodedBatch]:
@@ -437,4 +424,4 @@ class DecodeStage:
 
 
 __all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS",
-           "StageOptions", "dali_installed"]
+           "StageOptions"]

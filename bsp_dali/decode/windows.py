@@ -3,7 +3,8 @@
 Each source slot of a plan is decoded as ONE contiguous window of frames ``[start, start+length)``
 covering every frame its recipe uses; the kernel reads a source frame ``f`` at position
 ``f - start`` of its window, so strides and speed changes are index remaps inside the window
-(``SamplePlan.frames``/``recipe`` still name the exact source frames: the provenance).
+(``SamplePlan.frames``/``recipe`` still name the exact source frames: the provenance). The kernel's
+tables over a batch's windows are ``bsp_dali.synth.tables.RecipeTables.from_windows``.
 
 A :class:`DecodeUnit` is what a reader decodes once: a window plus the spatial transform (relative
 crop box, flip) of the samples that read it, since the reader returns the window already cropped,
@@ -31,7 +32,6 @@ from ..plan.augment import Box
 from ..plan.config import BoundaryType, SynthesisConfig
 from ..plan.planner import (SamplePlan, frames_needed_diff_class, frames_needed_diff_speed, frames_needed_plain,
                       frames_needed_same_class)
-from ..synth.synthesis import TERMS_PER_FRAME, RecipeTables
 
 
 @dataclass(frozen=True, order=True)
@@ -83,33 +83,6 @@ class BatchWindows:
         """Frames a seeking decoder decodes for the batch, keyframe overhead included, given the
         cost of one unit (``lambda u: index.videos[u.video].frames_to_decode(u.start, u.stop - 1)``)."""
         return sum(num_frames_to_decode(u) for u in self.units)
-
-    def tables(self, plans: Sequence[SamplePlan], K: int = TERMS_PER_FRAME) -> RecipeTables:
-        """Recipe tables that read the units: source id = unit id, frame position = frame - start.
-        Several samples (and slots) may name one unit."""
-        if len(plans) != len(self.slots):
-            raise ValueError(f"{len(plans)} plans for windows of {len(self.slots)} samples")
-        if not plans:
-            raise ValueError("a batch needs at least one plan")
-        T = plans[0].T
-        if any(p.T != T for p in plans):
-            raise ValueError(f"all plans of a batch must have the same T; got {sorted({p.T for p in plans})}")
-        src = np.full((len(plans), T, K), -1, dtype=np.int32)
-        frame = np.zeros((len(plans), T, K), dtype=np.int32)
-        weight = np.zeros((len(plans), T, K), dtype=np.float32)
-        for n, plan in enumerate(plans):
-            for t, terms in enumerate(plan.recipe):
-                if len(terms) > K:
-                    raise ValueError(f"sample {plan.index}: frame {t} has {len(terms)} terms, more than K={K}")
-                for k, (slot, f, w) in enumerate(terms):
-                    u, offset = self.unit_of(n, slot)
-                    pos = f - offset
-                    if not (0 <= pos < self.units[u].length):  # an internal invariant of plan_windows
-                        raise AssertionError(f"sample {plan.index} slot {slot}: frame {f} outside window {self.units[u]}")
-                    src[n, t, k] = u
-                    frame[n, t, k] = pos
-                    weight[n, t, k] = w
-        return RecipeTables(src, frame, weight, tuple(u.length for u in self.units))
 
 
 def slot_span(plan: SamplePlan, slot: int) -> tuple[int, int]:

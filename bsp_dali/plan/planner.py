@@ -96,12 +96,6 @@ class SamplePlan:
         the clip has no boundary (same_speed)."""
         return boundary_heatmap(self.mu, self.tau)
 
-    def positions(self) -> list[list[tuple[int, int, float]]]:
-        """The recipe with frame indices replaced by positions in ``frames[slot]`` (the layout of
-        the decoded stacks): what the synthesis kernel reads."""
-        lookup = [{f: p for p, f in enumerate(fr)} for fr in self.frames]
-        return [[(s, lookup[s][f], w) for (s, f, w) in terms] for terms in self.recipe]
-
     def to_json(self) -> dict[str, Any]:
         """The recipe object of BSP-METHOD.md."""
         return {

@@ -1,20 +1,27 @@
 """The CuPy launcher of the fused synthesis kernel (``kernels/bsp_synth.cu``).
 
-Sources are device arrays (FHWC uint8, e.g. DALI's decoded and resized frames); the recipe tables
-are a few kilobytes copied to the device per batch; the output is written once, in place, in the
-training layout. One kernel launch per batch.
+Sources are device arrays (FHWC uint8, e.g. DALI's decoded and resized frames); the output is
+written once, in place, in the training layout: one kernel launch per batch, on CuPy's current
+stream. The per-batch operands (the sources' addresses and the recipe tables, a few kilobytes) are
+packed into one host buffer (:class:`~bsp_dali.synth.tables.TableLayout`) and copied to the device
+in ONE host-to-device copy; ``mean`` and ``1/std`` are uploaded once per device and value.
+
+Where the host buffer and the device buffer come from is a :class:`Staging`'s business: the
+default (:class:`PageableStaging`) packs into ordinary host memory and lets CuPy copy it; the
+iterator's (``bsp_dali.synth.torch_interop.TorchStaging``) uses pinned memory and device memory
+from PyTorch's allocators.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..gpu import import_cupy
 from .kernel_source import kernel_source
-from .synthesis import Layout, OutDType, RecipeTables, launch_geometry, normalization
+from .tables import Layout, OutDType, RecipeTables, TableLayout, launch_geometry, normalization
 
 NVRTC_OPTIONS = ("--std=c++14",)
 KERNEL_NAMES = {
@@ -23,6 +30,45 @@ KERNEL_NAMES = {
     OutDType.BFLOAT16: "bsp_synth_bf16",
     OutDType.UINT8: "bsp_synth_u8",
 }
+
+
+class Staging(Protocol):
+    """Where the launcher's operands live on their way to the device."""
+
+    def upload(self, nbytes: int, fill: Callable[[np.ndarray], None]) -> Any:
+        """A device uint8 array (CuPy) of ``nbytes`` holding what ``fill`` wrote into a host
+        buffer (1-D uint8 NumPy) of that size: one host-to-device copy, ordered on CuPy's current
+        stream before anything launched on it afterwards."""
+
+    def constants(self, values: np.ndarray) -> Any:
+        """A device float32 array (CuPy) holding ``values``, readable from any stream; the same
+        array for the same values on the same device (uploaded once)."""
+
+
+class PageableStaging:
+    """The default staging: the packed operands in ordinary (pageable) host memory, copied by CuPy
+    on its current stream; constants cached per device and value."""
+
+    def upload(self, nbytes: int, fill: Callable[[np.ndarray], None]) -> Any:
+        cp = import_cupy()
+        host = np.empty(nbytes, dtype=np.uint8)
+        fill(host)
+        return cp.asarray(host)  # a pageable source: the host buffer may go once this returns
+
+    def constants(self, values: np.ndarray) -> Any:
+        cp = import_cupy()
+        return _device_constants(cp.cuda.Device().id, np.ascontiguousarray(values, dtype=np.float32).tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constants(device_id: int, raw: bytes) -> Any:
+    cp = import_cupy()
+    arr = cp.asarray(np.frombuffer(raw, dtype=np.float32))
+    cp.cuda.get_current_stream().synchronize()  # uploaded before any stream may read it
+    return arr
+
+
+DEFAULT_STAGING = PageableStaging()
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,9 +80,12 @@ def _kernel(name: str, device_id: int) -> Any:
 
 def synthesize_cupy(sources: Sequence[Any], tables: RecipeTables, *, mean: Any = None,
                     std: Any = None, dtype: OutDType | str = OutDType.FLOAT32,
-                    layout: Layout | str = Layout.NCTHW, out: Any = None) -> Any:
-    """Same contract as :func:`bsp_dali.synth.synthesis.synthesize_reference`, on the current device and
-    stream. ``out``, if given, must be a C-contiguous CuPy array of the result's shape and dtype."""
+                    layout: Layout | str = Layout.NCTHW, out: Any = None,
+                    staging: Staging | None = None) -> Any:
+    """Same contract as :func:`bsp_dali.synth.synthesis.synthesize_reference`, on the current
+    device and stream. ``out``, if given, must be a C-contiguous CuPy array of the result's shape
+    and storage dtype (e.g. a view of a PyTorch tensor); ``staging`` says where the per-batch
+    operands are staged (default: :class:`PageableStaging`)."""
     cp = import_cupy()
     dtype, layout = OutDType.parse(dtype), Layout.parse(layout)
     for s, arr in enumerate(sources):
@@ -51,12 +100,14 @@ def synthesize_cupy(sources: Sequence[Any], tables: RecipeTables, *, mean: Any =
         out = cp.empty(shape, dtype=dtype.storage)
     elif tuple(out.shape) != shape or out.dtype != dtype.storage or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {dtype.storage} array of shape {shape}")
-    mean32, inv_std32 = normalization(mean, std, C)
-    ptrs = cp.asarray(np.array([a.data.ptr for a in sources], dtype=np.uint64))
+    staging = staging or DEFAULT_STAGING
+    norm = staging.constants(np.concatenate(normalization(mean, std, C)))  # mean[C], then 1/std[C]
+    packed = TableLayout.of(len(sources), tables)
+    ptrs = [int(a.data.ptr) for a in sources]
+    buf = staging.upload(packed.nbytes, lambda host: packed.pack(tables, ptrs, host))
+    src_ptrs, term_src, term_frame, term_w = packed.views(buf)
     args = (
-        ptrs,
-        cp.asarray(tables.src), cp.asarray(tables.frame), cp.asarray(tables.weight),
-        cp.asarray(mean32), cp.asarray(inv_std32), out,
+        src_ptrs, term_src, term_frame, term_w, norm[:C], norm[C:], out,
         np.int32(N), np.int32(T), np.int32(H), np.int32(W), np.int32(C), np.int32(K),
         *(np.int64(v) for v in layout.strides(N, T, H, W, C)),
     )
@@ -64,3 +115,6 @@ def synthesize_cupy(sources: Sequence[Any], tables: RecipeTables, *, mean: Any =
     kernel = _kernel(KERNEL_NAMES[dtype], cp.cuda.Device().id)
     kernel((gx, gy, gz), (bx, 1, 1), args)
     return out
+
+
+__all__ = ["DEFAULT_STAGING", "KERNEL_NAMES", "PageableStaging", "Staging", "synthesize_cupy"]

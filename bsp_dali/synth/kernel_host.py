@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .kernel_source import kernel_dir
-from .synthesis import Layout, OutDType, RecipeTables, launch_geometry, normalization
+from .tables import Layout, OutDType, RecipeTables, TableLayout, launch_geometry, normalization
 
 SOURCES = ("host_shim.cpp", "host_shim.h", "bsp_synth.cu")
 CXXFLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-x", "c++")
@@ -87,10 +87,11 @@ def synthesize_host(sources: Sequence[np.ndarray], tables: RecipeTables, *, mean
     out = np.empty(layout.shape(N, T, H, W, C), dtype=dtype.storage)
     out.view(np.uint8)[...] = 0xA5  # a sentinel, so an element the kernel never writes shows up
     mean32, inv32 = normalization(mean, std, C)
-    ptrs = np.array([s.ctypes.data for s in srcs], dtype=np.uint64)
-    src_t = np.ascontiguousarray(tables.src, dtype=np.int32)
-    frm_t = np.ascontiguousarray(tables.frame, dtype=np.int32)
-    w_t = np.ascontiguousarray(tables.weight, dtype=np.float32)
+    # the per-batch operands in one buffer, as the GPU launcher uploads them (the same offsets)
+    packed = TableLayout.of(len(srcs), tables)
+    buf = np.zeros(packed.nbytes, dtype=np.uint8)
+    packed.pack(tables, [s.ctypes.data for s in srcs], buf)
+    ptrs, src_t, frm_t, w_t = packed.views(buf)
     gx, gy, gz, bx = launch_geometry(N, T, H, W, block=block, max_blocks_x=max_blocks_x,
                                      max_blocks_y=max_blocks_y)
     lib = lib or load()

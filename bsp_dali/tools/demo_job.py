@@ -20,7 +20,8 @@ from ..data.demo import write_demo_videos
 from ..data.ingest import index_data
 from ..plan.augment import SpatialConfig, SpatialMode
 from ..plan.config import SynthesisConfig
-from ..train.loop import TrainConfig, split_train_val, train
+from ..train.config import TrainConfig
+from ..train.loop import split_train_val, train
 from .preview import write_preview
 
 log = logging.getLogger(__name__)

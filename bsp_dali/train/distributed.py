@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .. import gpu
+
 log = logging.getLogger(__name__)
 
 
@@ -85,10 +87,11 @@ def setup_dist(use_gpu: bool) -> Dist:
     if not (world >= 1 and 0 <= rank < world):
         raise ValueError(f"RANK ({rank}) and WORLD_SIZE ({world}) must satisfy 0 <= RANK < WORLD_SIZE")
     if use_gpu:
-        if not torch.cuda.is_available():
-            raise ValueError("a GPU run was asked for but torch sees no CUDA device (use --gpus 0 for the CPU)")
-        torch.cuda.set_device(cuda_index(local_rank, torch.cuda.device_count(),
-                                         os.environ.get("CUDA_VISIBLE_DEVICES")))
+        visible = gpu.cuda_device_count()  # the iterator's answer too
+        if visible == 0:
+            raise ValueError(f"a GPU run was asked for but no CUDA device is usable: {gpu.no_gpu_reason()} "
+                             "(use --gpus 0 for the CPU)")
+        torch.cuda.set_device(cuda_index(local_rank, visible, os.environ.get("CUDA_VISIBLE_DEVICES")))
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")

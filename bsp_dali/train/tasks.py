@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .distributed import Dist
-    from .loop import TrainConfig
+    from .config import TrainConfig
 
 Batch = dict[str, Any]  # a BSPIterator batch: "video" (N, C, T, H, W) float, "label", "heatmap" ...
 TASKS: dict[str, "Task"] = {}
