@@ -54,6 +54,9 @@ def main() -> None:
              "| backend | ms | GB/s | copy GB/s | fraction of copy |", "|---|---|---|---|---|",
              f"| {row['decoder']} | {row['seconds'] * 1e3:.3f} | {row['GBps']:.2f} | {row['copy_GBps']:.2f} | "
              f"{row['fraction_of_copy']:.3f} |"]
+    if "iterator_path_seconds" in row:
+        lines += ["", f"The iterator's path (PyTorch output, tables in one pinned copy): "
+                      f"{row['iterator_path_seconds'] * 1e3:.3f} ms"]
     (args.out / f"kernel-{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

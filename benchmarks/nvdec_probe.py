@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bsp_dali.plan.augment import FULL_BOX  # noqa: E402
 from bsp_dali.data.index import DatasetIndex  # noqa: E402
 from bsp_dali.decode.windows import DecodeUnit  # noqa: E402
+from bsp_dali.plan.augment import FULL_BOX  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------- data
@@ -190,8 +190,8 @@ def row_decoders_video(index: DatasetIndex, units: list[DecodeUnit], device: str
 
 def _process_worker(manifest: str, units: list[tuple[int, int, int]], kind: str, device: str,
                     size: tuple[int, int], device_id: int, start: Any, done: Any) -> None:
-    from bsp_dali.decode.dali_readers import DaliFileListReader
     from bsp_dali.data.ingest import load_data
+    from bsp_dali.decode.dali_readers import DaliFileListReader
 
     index = load_data(manifest)
     chunk = [DecodeUnit(v, s, n, FULL_BOX, False) for v, s, n in units]

@@ -37,10 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bsp_dali import SynthesisConfig  # noqa: E402
-from bsp_dali.plan.augment import SpatialConfig, apply_cpu  # noqa: E402
 from bsp_dali.data.index import DatasetIndex  # noqa: E402
-from bsp_dali.synth.tables import OutDType, RecipeTables  # noqa: E402
+from bsp_dali.plan.augment import SpatialConfig, apply_cpu  # noqa: E402
 from bsp_dali.synth.synthesis import synthesize_reference  # noqa: E402
+from bsp_dali.synth.tables import OutDType, RecipeTables  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -1,7 +1,9 @@
 """bsp-dali: boundary-sensitive pre-training (BSP) clips for video encoders, synthesized on the GPU.
 
-Data flows one way: dataset index -> planner -> decode -> synthesis kernel -> iterator -> trainer.
-Importing this package needs neither a GPU nor CuPy nor DALI; GPU parts are imported where used.
+Data flows one way, one subpackage per stage: ``data`` (files -> dataset index) -> ``plan``
+(index -> sample plans) -> ``decode`` (plans -> decoded windows) -> ``synth`` (windows -> batch) ->
+``iterator`` (batches for PyTorch) -> ``train`` (the training loop); see docs/architecture.md.
+Importing this package needs neither a GPU nor PyTorch, CuPy or DALI; they are imported where used.
 """
 
 from .data.index import BadVideo, DatasetIndex, VideoInfo

@@ -49,12 +49,12 @@ def _read_config(config: Optional[Path]) -> dict[str, Any]:
     """The JSON object of a --config file ({} without one)."""
     if config is None:
         return {}
-    if not config.is_file():
-        raise UserError(f"config file {config} does not exist")
+    from .data.index import read_json
+
     try:
-        loaded = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"config file {config} is not valid JSON: {e}") from None
+        loaded = read_json(config, "config file")
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from None
     if not isinstance(loaded, dict):
         raise UserError(f"config file {config} must hold a JSON object")
     return loaded

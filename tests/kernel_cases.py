@@ -15,8 +15,8 @@ import numpy as np
 
 from bsp_dali import DatasetIndex, Planner, SynthesisConfig
 from bsp_dali.plan.config import BoundaryType
-from bsp_dali.synth.tables import Layout, OutDType, RecipeTables
 from bsp_dali.synth.synthesis import synthesize_reference
+from bsp_dali.synth.tables import Layout, OutDType, RecipeTables
 
 
 @dataclass

@@ -57,8 +57,8 @@ def test_single_threaded_rgb_conversion_gives_the_default_conversions_pixels(tmp
     a thread pool per call): the pixels must be those of the default conversion."""
     import av
 
-    from bsp_dali.plan.augment import rgb24
     from bsp_dali.data.videogen import write_kinetics_folder
+    from bsp_dali.plan.augment import rgb24
 
     write_kinetics_folder(tmp_path, num_classes=1, per_class=1, codec=codec, frames=(12, 12), size=(70, 98))
     path = next(p for p in tmp_path.rglob("*") if p.suffix in (".mp4", ".webm"))

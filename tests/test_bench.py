@@ -16,6 +16,7 @@ from bsp_dali.bench import (BenchDataSpec, BenchSettings, attach_ceilings, decod
                             evaluate_goals, run_bench, textured_frames, user_data)
 from bsp_dali.bench.rows import gpu_ceiling_pipelines, stall_fraction
 from bsp_dali.data.ingest import IngestError
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,9 +224,7 @@ def test_user_folder_is_described_and_bad_folders_are_named(tmp_path, indexed_h2
         user_data(tmp_path / "file.mp4")
     with pytest.raises(IngestError, match="bsp-dali index"):
         user_data(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "bsp_dali", "bench", "--quick", "--device", "cpu", "--data",
-                          str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    res = run_cli("bench", "--quick", "--device", "cpu", "--data", tmp_path, "--out", tmp_path / "o")
     assert res.returncode == 2 and "bsp-dali index" in res.stderr and "Traceback" not in res.stderr
 
 

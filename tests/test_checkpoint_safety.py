@@ -6,9 +6,6 @@ import json
 import logging
 import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +15,9 @@ import torchvision
 from bsp_models import (CheckpointError, ClipClassifier, UnsafeCheckpointError, create_encoder,
                         encoder_from_bsp_checkpoint, load_bsp_checkpoint, load_imagenet_resnet, load_tsm_checkpoint,
                         read_checkpoint)
+from conftest import run_cli, small_kinetics
 
-ROOT = Path(__file__).resolve().parent.parent
+OMP = {"OMP_NUM_THREADS": "1"}
 
 
 class Payload:
@@ -49,21 +47,9 @@ def write_teacher(path):
     return path
 
 
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from bsp_dali.data.ingest import index_data
-    from bsp_dali.data.videogen import write_kinetics_folder
-
-    root = tmp_path_factory.mktemp("safety_data")
-    write_kinetics_folder(root, num_classes=2, per_class=3, frames=(24, 30), size=(32, 48))
-    index_data(root, min_frames=8, workers=1)
-    return root
+    return small_kinetics(tmp_path_factory.mktemp("safety_data"), num_classes=2, per_class=3, frames=(24, 30))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def test_a_malicious_checkpoint_runs_no_code_and_is_one_clear_error(tmp_path, da
     evil = write_malicious(tmp_path / "evil.pt", marker)
     args = command(kind, data, teacher, evil, tmp_path)
     named = tmp_path / "run" / "checkpoints" / "last.pt" if kind == "resume" else evil
-    res = cli(*args)
+    res = run_cli(*args, env=OMP)
     assert not marker.exists(), f"{kind}: the checkpoint's code ran"
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
@@ -122,7 +108,7 @@ def test_trust_checkpoint_warns_then_unpickles_in_full(tmp_path, data, teacher, 
     marker, and the file then fails as not fitting)."""
     marker = tmp_path / "marker"
     evil = write_malicious(tmp_path / "evil.pt", marker)
-    res = cli(*command(kind, data, teacher, evil, tmp_path), "--trust-checkpoint")
+    res = run_cli(*command(kind, data, teacher, evil, tmp_path), "--trust-checkpoint", env=OMP)
     err = " ".join(res.stderr.split())
     assert "warning: --trust-checkpoint" in err and "runs any code it holds" in err
     assert f"trusted checkpoint {evil} holds the Python global builtins.exec" in err
@@ -135,7 +121,7 @@ def test_trust_checkpoint_warns_then_unpickles_in_full(tmp_path, data, teacher, 
 def test_trust_cannot_come_from_a_config_file(tmp_path, data):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"train": {"trust_checkpoint": True}}))
-    res = cli(*train_args(data, tmp_path / "run"), "--config", cfg)
+    res = run_cli(*train_args(data, tmp_path / "run"), "--config", cfg, env=OMP)
     assert res.returncode == 2 and "trust_checkpoint can only be given as --trust-checkpoint" in res.stderr
 
 

@@ -11,14 +11,10 @@ import pytest
 
 from bsp_dali.data.demo import DemoReader, demo_index
 from bsp_dali.data.index import VideoInfo
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
 
 
 def test_preview_writes_what_it_promises_and_clips_match_their_recipes(tmp_path):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from bsp_dali.plan.augment import apply_cpu
 from bsp_dali import BadVideo
-from bsp_dali.decode.pyav import PyAVReader, SourceJob, decode_cpu
 from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.pyav import PyAVReader, SourceJob, decode_cpu
+from bsp_dali.plan.augment import apply_cpu
 from conftest import ffmpeg_frames
 
 
@@ -54,8 +54,8 @@ def test_frames_beyond_the_end_are_an_error_not_a_padded_frame(indexed_h264):
 
 def test_dali_cpu_decoder_on_vp9(indexed_vp9, kinetics_vp9):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.decode.pyav import read_bytes
     from bsp_dali.decode.pipeline import DaliDecoder, DaliPipelineError, SourceRequest
+    from bsp_dali.decode.pyav import read_bytes
 
     dec = DaliDecoder((64, 96), device="cpu", max_sources=4, num_threads=2)
     vids = indexed_vp9.videos[:3]

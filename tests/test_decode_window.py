@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bsp_dali import BadVideo
-from bsp_dali.decode.pyav import PyAVReader, WindowStats, decode_window
 from bsp_dali.data.index import DatasetIndex, VideoInfo
 from bsp_dali.data.probe import probe_packets
 from bsp_dali.data.videogen import index_frame, read_frame_index
+from bsp_dali.decode.pyav import PyAVReader, WindowStats, decode_window
 from conftest import ffmpeg_frames
 
 SIZE = (64, 96)

@@ -5,7 +5,6 @@ On the CPU the CUDA calls are stand-ins that record what setup_dist asks of them
 confirms that NCCL accepts the bound device (tests/test_kernel_gpu.py and the GPU training run)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -15,12 +14,7 @@ import torch.multiprocessing as mp
 from bsp_dali import gpu
 from bsp_dali.train import distributed
 from bsp_dali.train.distributed import Dist, WorkerFailed, cuda_index, launch, setup_dist
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 @pytest.mark.parametrize("local_rank, visible, want", [

@@ -3,31 +3,22 @@
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+from bsp_dali.data.videogen import write_index_video
 from bsp_dali.plan.augment import SpatialConfig, SpatialMode, apply_cpu, draw
+from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 from bsp_dali.tools.extract import rescale, snippet_starts
 from bsp_dali.tools.separability import roc_auc
-from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
-from bsp_dali.data.videogen import write_index_video
 from bsp_models import encoder_from_bsp_checkpoint
+from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = {"short_a": 5, "mid_b": 20, "long_c": 33}
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def test_rescale_is_linear_interpolation():
 
 def test_extract_hdf5_counts_order_and_bad_video(tmp_path, untrimmed, tiny_checkpoint):
     out = tmp_path / "feats.h5"
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu",
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu",
               "--batch-size", "3")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "3 videos written" in res.stdout and "skipped broken_d.mp4" in res.stdout
@@ -84,7 +75,7 @@ def test_extract_hdf5_counts_order_and_bad_video(tmp_path, untrimmed, tiny_check
 
 def test_two_stream_csv_npy_and_resume(tmp_path, untrimmed, tiny_checkpoint):
     out = tmp_path / "csv"
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
               "--out", str(out), "--format", "csv", "--rescale", "10", "--device", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
     with open(out / "long_c.csv") as fh:
@@ -95,23 +86,23 @@ def test_two_stream_csv_npy_and_resume(tmp_path, untrimmed, tiny_checkpoint):
     assert two.shape == (5, 1024) and np.allclose(two[:, :512], two[:, 512:])  # the same encoder twice
     assert np.allclose(np.array(rows[1:], float), rescale(two, 10), atol=1e-4)
     # resume: nothing to do; then one part removed -> only that video again
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
               "--out", str(out), "--format", "csv", "--rescale", "10", "--device", "cpu")
     assert "0 videos written" in res.stdout and "3 already done" in res.stdout
     (parts / "mid_b.npy").unlink()
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
               "--out", str(out), "--format", "npy", "--device", "cpu")
     assert "1 videos written" in res.stdout and "2 already done" in res.stdout
     assert np.load(out / "mid_b.npy").shape == (3, 1024)
 
 
 def test_extract_mistakes_are_one_line(tmp_path, untrimmed, tiny_checkpoint):
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.h5"))
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.h5"))
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.h5"),
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.h5"),
               "--snippet", "16")
     assert res.returncode == 2 and "must equal the encoders' clip length (8)" in res.stderr
-    res = cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
+    res = run_cli("extract", str(untrimmed), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
               "--format", "mat")
     assert res.returncode == 2 and "format ('mat')" in res.stderr
 
@@ -127,7 +118,7 @@ def test_roc_auc_against_counting_pairs():
 def test_inspect_writes_scores_and_plot(tmp_path, tiny_checkpoint):
     data = tiny_checkpoint.parent.parent  # the run folder; its config names the data
     cfg = json.loads((data / "config.json").read_text())
-    res = cli("inspect", cfg["data"], "--checkpoint", f"bsp={tiny_checkpoint}", "--untrained", "--out",
+    res = run_cli("inspect", cfg["data"], "--checkpoint", f"bsp={tiny_checkpoint}", "--untrained", "--out",
               str(tmp_path / "insp"), "--pairs", "6", "--split", "all", "--device", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((tmp_path / "insp" / "separability.json").read_text())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.iterator import BSPIterator
+from bsp_dali.plan.augment import SpatialConfig
 
 pytestmark = pytest.mark.gpu
 

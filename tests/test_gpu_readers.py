@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bsp_dali import SynthesisConfig
-from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
 from bsp_dali.data.videogen import read_frame_index
 from bsp_dali.decode.windows import DecodeUnit
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
 from conftest import ffmpeg_frames
 
 pytestmark = pytest.mark.gpu
@@ -46,8 +46,8 @@ def test_gpu_file_list_reader_windows_match_ffmpeg_frame_by_frame(indexed_h264, 
 
 def test_several_pipelines_give_the_clips_of_one(indexed_h264):
     pytest.importorskip("nvidia.dali")
-    from bsp_dali.iterator import BSPIterator
     from bsp_dali.decode.nvdec import nvdec_engines
+    from bsp_dali.iterator import BSPIterator
 
     kw = dict(batch_size=4, epoch_size=16, spatial=SpatialConfig(size=(32, 48)), device="gpu", dtype="uint8")
     many = BSPIterator(indexed_h264, pipelines=7, decode_ahead=1, **kw)
@@ -84,13 +84,7 @@ def test_gpu_stage_replaces_samples_of_a_broken_h264_file(tmp_path, kinetics_h26
 
 def test_preview_h264_on_gpu_matches_an_independent_decode(tmp_path, kinetics_h264, indexed_h264):
     pytest.importorskip("nvidia.dali")
-    from test_preview_data import check_against_ffmpeg, cli
+    from test_preview_data import preview_against_ffmpeg
 
-    if ffmpeg_frames(next((kinetics_h264 / "train").rglob("*.mp4"))) is None:
-        pytest.skip("imageio-ffmpeg missing")
-    out = tmp_path / "pv"
-    res = cli("preview", str(kinetics_h264), "--out", str(out), "--num", "12", "--size", "32", "48", "--device", "gpu")
-    assert res.returncode == 0, res.stderr
-    assert "DALI NVDEC (GPU): fn.readers.video" in res.stdout
     # NVDEC + DALI's resize against ffmpeg + Pillow, every frame (acceptance: mean error <= 6)
-    check_against_ffmpeg(out, kinetics_h264, (32, 48), mean_tol=6.0, max_tol=120)
+    preview_against_ffmpeg(tmp_path, kinetics_h264, "gpu", 12, "DALI NVDEC (GPU): fn.readers.video", 6.0, 120)

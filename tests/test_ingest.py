@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +11,7 @@ import pytest
 from bsp_dali.data.index import DatasetIndex
 from bsp_dali.data.ingest import MANIFEST_NAME, IngestError, index_data, load_data
 from bsp_dali.data.videogen import write_index_video, write_kinetics_folder
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+from conftest import run_cli
 
 
 @pytest.fixture()
@@ -47,7 +39,7 @@ def messy(tmp_path, kinetics_h264):
 
 
 def test_folder_layout_with_bad_files_reports_each_reason(messy):
-    res = cli("index", str(messy), "--workers", "2")
+    res = run_cli("index", str(messy), "--workers", "2")
     assert res.returncode == 0, res.stderr
     assert "9 usable videos in 3 classes" in res.stdout
     report = json.loads((messy / "bsp-dali-manifest.report.json").read_text())
@@ -124,14 +116,14 @@ def test_list_file(tmp_path, kinetics_h264):
 
 
 def test_whole_input_unusable_is_an_error_with_nonzero_exit(tmp_path):
-    res = cli("index", str(tmp_path / "nope"))
+    res = run_cli("index", str(tmp_path / "nope"))
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
-    res = cli("index", str(empty))
+    res = run_cli("index", str(empty))
     assert res.returncode == 2 and "no video files found" in res.stderr
     (empty / "a" / "x.mp4").write_bytes(b"")
-    res = cli("index", str(empty))
+    res = run_cli("index", str(empty))
     assert res.returncode == 2 and "no usable video" in res.stderr and "empty file" in res.stderr
     assert not (empty / MANIFEST_NAME).exists()
 
@@ -290,9 +282,9 @@ def test_what_the_packet_probe_catches_and_what_only_decoding_catches(tmp_path):
 
 
 def test_cli_probe_option(tmp_path, kinetics_vp9):
-    res = cli("index", str(kinetics_vp9), "--out", str(tmp_path / "m.json"), "--probe", "decode", "--workers", "1")
+    res = run_cli("index", str(kinetics_vp9), "--out", str(tmp_path / "m.json"), "--probe", "decode", "--workers", "1")
     assert res.returncode == 0, res.stderr
     assert "probed by decode" in res.stdout
     assert {v.probe for v in DatasetIndex.load(tmp_path / "m.json").videos} == {"decode"}
-    res = cli("index", str(kinetics_vp9), "--out", str(tmp_path / "m.json"), "--probe", "fast")
+    res = run_cli("index", str(kinetics_vp9), "--out", str(tmp_path / "m.json"), "--probe", "fast")
     assert res.returncode == 2 and "--probe must be packets or decode" in res.stderr and "Traceback" not in res.stderr

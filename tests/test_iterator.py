@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from bsp_dali import SynthesisConfig
-from bsp_dali.plan.augment import SpatialConfig, apply_cpu
-from bsp_dali.decode.pyav import PyAVReader
 from bsp_dali.data.ingest import index_data
-from bsp_dali.iterator import BSPIterator, DecodeFailures
-from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali.iterator import BSPIterator, DecodeFailures
+from bsp_dali.plan.augment import SpatialConfig, apply_cpu
+from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 
 SMALL = SpatialConfig(size=(32, 48))
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bsp_dali import SynthesisConfig
-from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.data.ingest import index_data
 from bsp_dali.iterator import BSPIterator, DecodeFailures
+from bsp_dali.plan.augment import SpatialConfig
 
 SMALL = SpatialConfig(size=(32, 48))
 

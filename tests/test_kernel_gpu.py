@@ -8,8 +8,8 @@ the memory held. Not yet run on a GPU in this form.
 import numpy as np
 import pytest
 
-from bsp_dali.synth.tables import Layout, OutDType, launch_geometry
 from bsp_dali.synth.synthesis import synthesize_reference
+from bsp_dali.synth.tables import Layout, OutDType, launch_geometry
 from kernel_cases import compare, hand_tables
 
 pytestmark = pytest.mark.gpu

@@ -9,8 +9,8 @@ import pytest
 from bsp_dali import SynthesisConfig
 from bsp_dali.synth import kernel_host
 from bsp_dali.synth.kernel_source import kernel_dir
-from bsp_dali.synth.tables import Layout, OutDType
 from bsp_dali.synth.synthesis import synthesize_reference
+from bsp_dali.synth.tables import Layout, OutDType
 from kernel_cases import all_cases, compare, plan_batch
 
 needs_cxx = pytest.mark.skipif(kernel_host.find_compiler() is None, reason="no C++ compiler")

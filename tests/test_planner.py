@@ -124,13 +124,23 @@ configs = st.builds(
 def test_every_plan_satisfies_its_equation(cfg, per_class, lengths_seed, seed, epoch):
     rng = np.random.default_rng(lengths_seed)
     index = make_index(per_class, rng.integers(1, 120, size=sum(per_class)).tolist())
+    check_planner(index, cfg, seed, range(20), epoch)
+
+
+def check_planner(index, cfg, seed, samples, epoch):
+    """Either the planner refuses the config for a type that has no candidates, or every plan of
+    ``samples`` (an iterable, read only when the planner accepts) satisfies its equation. Returns
+    the number of plans checked (0 when refused)."""
     try:
         planner = Planner(index, cfg, seed=seed)
     except PlanningError as e:
         assert_really_infeasible(index, cfg, str(e))
-        return
-    for i in range(20):
+        return 0
+    checked = 0
+    for i in samples:
         check_plan(planner.plan(i, epoch), index, cfg)
+        checked += 1
+    return checked
 
 
 def assert_really_infeasible(index, cfg, message):
@@ -167,14 +177,7 @@ def test_thousands_of_random_configs_and_lengths():
                               types=types)
         per_class = rng.integers(1, 4, size=int(rng.integers(1, 5))).tolist()
         index = make_index(per_class, rng.integers(1, 80, size=sum(per_class)).tolist())
-        try:
-            planner = Planner(index, cfg, seed=trial)
-        except PlanningError as e:
-            assert_really_infeasible(index, cfg, str(e))
-            continue
-        for i in range(3):
-            check_plan(planner.plan(int(rng.integers(0, 10**6)), trial % 3), index, cfg)
-            checked += 1
+        checked += check_planner(index, cfg, trial, (int(rng.integers(0, 10**6)) for _ in range(3)), trial % 3)
     assert checked > 2000
 
 

@@ -1,23 +1,14 @@
 """`bsp-dali preview DATA` on real files, checked against another decoder."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ffmpeg_frames
+from conftest import ffmpeg_frames, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+SIZE = (32, 48)
 
 
 def check_against_ffmpeg(out, data_root, size, mean_tol, max_tol):
@@ -42,32 +33,37 @@ def check_against_ffmpeg(out, data_root, size, mean_tol, max_tol):
             assert diff.mean() < mean_tol and diff.max() < max_tol, (rec["index"], i, diff.mean(), diff.max())
 
 
-def test_preview_h264_on_cpu_matches_an_independent_decode(tmp_path, kinetics_h264, indexed_h264):
-    if ffmpeg_frames(next((kinetics_h264 / "train").rglob("*.mp4"))) is None:
+def preview_against_ffmpeg(tmp_path, data_root, device, num, says, mean_tol, max_tol, *extra):
+    """``bsp-dali preview`` of ``data_root`` on ``device`` writes ``num`` clips, names its decoder
+    (``says`` in its output), and every frame of every clip matches its recipe over an ffmpeg
+    decode (:func:`check_against_ffmpeg`). Skips where ffmpeg is missing. Returns the output folder."""
+    first = next(p for p in sorted((data_root / "train").rglob("*")) if p.suffix in (".mp4", ".webm"))
+    if ffmpeg_frames(first) is None:
         pytest.skip("imageio-ffmpeg missing")
     out = tmp_path / "pv"
-    res = cli("preview", str(kinetics_h264), "--out", str(out), "--num", "10", "--size", "32", "48",
-              "--device", "cpu", "--gif", "--eps", "1", "4")
+    res = run_cli("preview", data_root, "--out", out, "--num", num, "--size", *SIZE, "--device", device, *extra)
     assert res.returncode == 0, res.stderr
-    assert "the rest: PyAV (CPU) in" in res.stdout  # H.264 on the CPU: PyAV in the decode workers
+    assert says in res.stdout
+    check_against_ffmpeg(out, data_root, SIZE, mean_tol=mean_tol, max_tol=max_tol)
+    return out
+
+
+def test_preview_h264_on_cpu_matches_an_independent_decode(tmp_path, kinetics_h264, indexed_h264):
+    # H.264 on the CPU: PyAV in the decode workers
+    out = preview_against_ffmpeg(tmp_path, kinetics_h264, "cpu", 10, "the rest: PyAV (CPU) in", 2.5, 48,
+                                 "--gif", "--eps", "1", "4")
     assert (out / "grid.png").is_file() and len(list((out / "clips").glob("*.gif"))) == 10
-    check_against_ffmpeg(out, kinetics_h264, (32, 48), mean_tol=2.5, max_tol=48)
 
 
 def test_preview_vp9_through_dali_cpu_matches_an_independent_decode(tmp_path, kinetics_vp9, indexed_vp9):
     pytest.importorskip("nvidia.dali")
-    if ffmpeg_frames(next((kinetics_vp9 / "train").rglob("*.webm"))) is None:
-        pytest.skip("imageio-ffmpeg missing")
-    out = tmp_path / "pv"
-    res = cli("preview", str(kinetics_vp9), "--out", str(out), "--num", "8", "--size", "32", "48", "--device", "cpu")
-    assert res.returncode == 0, res.stderr
-    assert "DALI CPU for VP8/VP9/MJPEG (fn.experimental.readers.video in windows" in res.stdout
     # DALI's YUV conversion and resampling differ from ffmpeg + Pillow by a few levels; the mean
     # absolute error is checked in every frame of every clip (acceptance: at most 6 levels)
-    check_against_ffmpeg(out, kinetics_vp9, (32, 48), mean_tol=5.0, max_tol=90)
+    preview_against_ffmpeg(tmp_path, kinetics_vp9, "cpu", 8,
+                           "DALI CPU for VP8/VP9/MJPEG (fn.experimental.readers.video in windows", 5.0, 90)
 
 
 def test_preview_of_a_folder_without_manifest_says_what_to_do(tmp_path):
     (tmp_path / "c").mkdir()
-    res = cli("preview", str(tmp_path), "--out", str(tmp_path / "o"))
+    res = run_cli("preview", tmp_path, "--out", tmp_path / "o")
     assert res.returncode == 2 and "run `bsp-dali index" in res.stderr

@@ -9,14 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from bsp_dali import Planner, SynthesisConfig
-from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
-from bsp_dali import BadVideo
-from bsp_dali.decode.pyav import PyAVReader
-from bsp_dali.decode.procreader import SHM_PREFIX, Arena, ProcessWindowReader, shm_dir, sweep_stale_segments
-from bsp_dali.decode.readers import CPUWindowReader
+from bsp_dali import BadVideo, Planner, SynthesisConfig
 from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.procreader import SHM_PREFIX, Arena, ProcessWindowReader, shm_dir, sweep_stale_segments
+from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali.decode.readers import CPUWindowReader
 from bsp_dali.decode.windows import DecodeUnit, plan_windows
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig
+from conftest import alive
 
 SIZE = (32, 48)
 
@@ -26,77 +26,75 @@ def units_of(index, n=12, seed=0):
     return list(plan_windows(planner.plan_many(range(n)), index.num_frames).units)
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+@pytest.fixture()
+def procreader():
+    """ProcessWindowReader(index, SIZE, ...) for a test, closed after it whatever happens."""
+    made = []
+
+    def make(index, size, **kw):
+        made.append(ProcessWindowReader(index, size, **kw))
+        return made[-1]
+
+    yield make
+    for reader in made:
+        reader.close()
 
 
 @pytest.mark.parametrize("data", ["indexed_h264", "indexed_vp9"])
-def test_same_pixels_as_the_thread_reader(data, request):
+def test_same_pixels_as_the_thread_reader(data, request, procreader):
     index = request.getfixturevalue(data)
     units = units_of(index)
     units += [DecodeUnit(0, 3, 5, FULL_BOX, False), DecodeUnit(1, 0, 4, (0.1, 0.2, 0.9, 0.7), True)]
-    reader = ProcessWindowReader(index, SIZE, workers=2)
-    try:
-        got = reader.read_windows(units)
-        want = CPUWindowReader(index, PyAVReader(index), SIZE, threads=2).read_windows(units)
-        for u, a, b in zip(units, got, want):
-            assert a.shape == (u.length, *SIZE, 3) and a.dtype == np.uint8
-            assert np.array_equal(a, b), u
-        full = got[-2]  # full frames, no resize: the frame index pattern survives
-        assert [read_frame_index(f) for f in full] == list(range(3, 8))
-        st = reader.stats
-        assert st.units == len(units) and st.frames == sum(u.length for u in units) and st.decode_s > 0
-        assert len(reader.pids) == 2
-    finally:
-        reader.close()
+    reader = procreader(index, SIZE, workers=2)
+    got = reader.read_windows(units)
+    want = CPUWindowReader(index, PyAVReader(index), SIZE, threads=2).read_windows(units)
+    for u, a, b in zip(units, got, want):
+        assert a.shape == (u.length, *SIZE, 3) and a.dtype == np.uint8
+        assert np.array_equal(a, b), u
+    full = got[-2]  # full frames, no resize: the frame index pattern survives
+    assert [read_frame_index(f) for f in full] == list(range(3, 8))
+    st = reader.stats
+    assert st.units == len(units) and st.frames == sum(u.length for u in units) and st.decode_s > 0
+    assert len(reader.pids) == 2
 
 
-def test_a_block_returns_to_the_ring_only_when_no_view_of_it_is_left(indexed_h264):
-    reader = ProcessWindowReader(indexed_h264, SIZE, workers=1)
-    try:
-        units = units_of(indexed_h264, 4)
-        stacks = reader.read_windows(units)
-        arena = reader.arena
-        used = arena.used_bytes
-        assert used >= sum(s.nbytes for s in stacks)
-        keep = stacks[0][1:3, :, ::-1]  # a view of a view
-        frozen = keep.copy()
-        addr = stacks[0].__array_interface__["data"][0]
-        del stacks
-        gc.collect()
-        assert 0 < arena.used_bytes < used  # the others are back, the viewed block is not
-        # new windows never land on the block a view still reads
-        again = reader.read_windows(units * 3)
-        for s in again:
-            lo = s.__array_interface__["data"][0]
-            assert not (lo <= addr < lo + s.nbytes) and not (addr <= lo < addr + units[0].length * 32 * 48 * 3)
-        assert np.array_equal(keep, frozen)
-        del again, keep, s
-        gc.collect()
-        assert arena.used_bytes == 0
-    finally:
-        reader.close()
+def test_a_block_returns_to_the_ring_only_when_no_view_of_it_is_left(indexed_h264, procreader):
+    reader = procreader(indexed_h264, SIZE, workers=1)
+    units = units_of(indexed_h264, 4)
+    stacks = reader.read_windows(units)
+    arena = reader.arena
+    used = arena.used_bytes
+    assert used >= sum(s.nbytes for s in stacks)
+    keep = stacks[0][1:3, :, ::-1]  # a view of a view
+    frozen = keep.copy()
+    addr = stacks[0].__array_interface__["data"][0]
+    del stacks
+    gc.collect()
+    assert 0 < arena.used_bytes < used  # the others are back, the viewed block is not
+    # new windows never land on the block a view still reads
+    again = reader.read_windows(units * 3)
+    for s in again:
+        lo = s.__array_interface__["data"][0]
+        assert not (lo <= addr < lo + s.nbytes) and not (addr <= lo < addr + units[0].length * 32 * 48 * 3)
+    assert np.array_equal(keep, frozen)
+    del again, keep, s
+    gc.collect()
+    assert arena.used_bytes == 0
 
 
-def test_cancelled_requests_free_their_blocks(indexed_h264):
-    reader = ProcessWindowReader(indexed_h264, SIZE, workers=1)
-    try:
-        units = units_of(indexed_h264, 8)
-        req = reader.submit(units)
-        req.cancel()
-        assert req.cancelled()
-        reader.read_windows(units[:1])  # FIFO: once this is back, every earlier unit is answered
-        gc.collect()
-        assert reader.arena.used_bytes == 0
-    finally:
-        reader.close()
+def test_cancelled_requests_free_their_blocks(indexed_h264, procreader):
+    reader = procreader(indexed_h264, SIZE, workers=1)
+    units = units_of(indexed_h264, 8)
+    req = reader.submit(units)
+    req.cancel()
+    assert req.cancelled()
+    reader.read_windows(units[:1])  # FIFO: once this is back, every earlier unit is answered
+    gc.collect()
+    assert reader.arena.used_bytes == 0
 
 
-def test_a_bad_file_is_a_decode_error_naming_it_and_the_workers_go_on(tmp_path, indexed_h264, kinetics_h264):
+def test_a_bad_file_is_a_decode_error_naming_it_and_the_workers_go_on(tmp_path, indexed_h264, kinetics_h264,
+                                                                      procreader):
     import shutil
 
     from bsp_dali.data.index import DatasetIndex
@@ -105,35 +103,29 @@ def test_a_bad_file_is_a_decode_error_naming_it_and_the_workers_go_on(tmp_path, 
     shutil.copytree(kinetics_h264, root)
     index = DatasetIndex(indexed_h264.videos, indexed_h264.classes, root=str(root))
     (root / index.videos[1].path).write_bytes(b"\x00" * 3000)
-    reader = ProcessWindowReader(index, SIZE, workers=2)
-    try:
-        units = [DecodeUnit(v, 2, 6, FULL_BOX, False) for v in range(4)]
-        out = reader.read_windows(units)
-        assert isinstance(out[1], BadVideo) and out[1].path.endswith(index.videos[1].path)
-        assert "decoding failed" in out[1].reason
-        late = reader.read_windows([DecodeUnit(0, 10 ** 4, 2, FULL_BOX, False)])[0]  # past the end
-        assert isinstance(late, BadVideo) and "the video has" in late.reason
-        assert all(isinstance(s, np.ndarray) for k, s in enumerate(out) if k != 1)
-    finally:
-        reader.close()
+    reader = procreader(index, SIZE, workers=2)
+    units = [DecodeUnit(v, 2, 6, FULL_BOX, False) for v in range(4)]
+    out = reader.read_windows(units)
+    assert isinstance(out[1], BadVideo) and out[1].path.endswith(index.videos[1].path)
+    assert "decoding failed" in out[1].reason
+    late = reader.read_windows([DecodeUnit(0, 10 ** 4, 2, FULL_BOX, False)])[0]  # past the end
+    assert isinstance(late, BadVideo) and "the video has" in late.reason
+    assert all(isinstance(s, np.ndarray) for k, s in enumerate(out) if k != 1)
 
 
-def test_a_worker_killed_mid_window_is_replaced_and_the_window_decoded_again(indexed_h264):
-    reader = ProcessWindowReader(indexed_h264, SIZE, workers=1)
-    try:
-        units = units_of(indexed_h264, 6)
-        want = CPUWindowReader(indexed_h264, PyAVReader(indexed_h264), SIZE).read_windows(units)
-        reader.read_windows(units[:1])
-        victim = reader.pids[0]
-        req = reader.submit(units)
-        os.kill(victim, signal.SIGKILL)
-        got = req.result(timeout=120)
-        for a, b in zip(got, want):
-            assert np.array_equal(a, b)
-        assert reader.stats.restarts == 1 and reader.pids and reader.pids[0] != victim
-        assert not alive(victim)
-    finally:
-        reader.close()
+def test_a_worker_killed_mid_window_is_replaced_and_the_window_decoded_again(indexed_h264, procreader):
+    reader = procreader(indexed_h264, SIZE, workers=1)
+    units = units_of(indexed_h264, 6)
+    want = CPUWindowReader(indexed_h264, PyAVReader(indexed_h264), SIZE).read_windows(units)
+    reader.read_windows(units[:1])
+    victim = reader.pids[0]
+    req = reader.submit(units)
+    os.kill(victim, signal.SIGKILL)
+    got = req.result(timeout=120)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    assert reader.stats.restarts == 1 and reader.pids and reader.pids[0] != victim
+    assert not alive(victim)
 
 
 def test_close_stops_the_workers_and_unlinks_the_segments_while_views_stay_readable(indexed_h264):
@@ -198,17 +190,14 @@ def test_bad_arguments_are_named(indexed_h264):
         ProcessWindowReader(indexed_h264, SIZE, workers=0)
 
 
-def test_workers_ignore_ctrl_c_sent_to_the_group(indexed_h264):
-    reader = ProcessWindowReader(indexed_h264, SIZE, workers=1)
-    try:
-        reader.read_windows(units_of(indexed_h264, 1))
-        pid = reader.pids[0]
-        os.kill(pid, signal.SIGINT)
-        time.sleep(0.5)
-        assert alive(pid)
-        assert isinstance(reader.read_windows(units_of(indexed_h264, 1))[0], np.ndarray)
-    finally:
-        reader.close()
+def test_workers_ignore_ctrl_c_sent_to_the_group(indexed_h264, procreader):
+    reader = procreader(indexed_h264, SIZE, workers=1)
+    reader.read_windows(units_of(indexed_h264, 1))
+    pid = reader.pids[0]
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert alive(pid)
+    assert isinstance(reader.read_windows(units_of(indexed_h264, 1))[0], np.ndarray)
 
 
 def old_apply_cpu(frames, box, flip, size):

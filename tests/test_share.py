@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bsp_dali import BoundaryType, DatasetIndex, Planner, SynthesisConfig
-from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.decode.windows import fixed_window_length, plan_windows
+from bsp_dali.plan.augment import SpatialConfig
 
 DC, SC = BoundaryType.DIFF_CLASS, BoundaryType.SAME_CLASS
 SPATIAL = SpatialConfig(size=(32, 32))

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bsp_dali.plan.augment import SpatialConfig
-from bsp_dali.iterator import BSPIterator
 from bsp_dali.decode.procreader import shm_dir, sweep_stale_segments
+from bsp_dali.iterator import BSPIterator
+from bsp_dali.plan.augment import SpatialConfig
+from conftest import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # subprocesses that import PyTorch: a few seconds each
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.slow  # subprocesses that import PyTorch: a few seconds
 SCRIPT = r'''
 import json, sys, time
 sys.path.insert(0, {root!r})
-from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.data.ingest import load_data
 from bsp_dali.iterator import BSPIterator
+from bsp_dali.plan.augment import SpatialConfig
 
 index = load_data({data!r})
 mode = {mode!r}
@@ -68,14 +69,6 @@ elif mode == "sigkill":
     report(it)
     time.sleep(600)
 '''
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pids, names, timeout=15.0):

@@ -6,18 +6,17 @@ import shutil
 import numpy as np
 import pytest
 
-from bsp_dali import Planner, SynthesisConfig
-from bsp_dali.plan.augment import FULL_BOX, SpatialConfig, apply_cpu
-from bsp_dali import BadVideo
-from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali import BadVideo, Planner, SynthesisConfig
 from bsp_dali.data.demo import DemoReader, demo_index
 from bsp_dali.data.ingest import index_data
-from bsp_dali.plan.planner import plain_plan
-from bsp_dali.decode.stage import DecodeFailures, DecodeStage, StageOptions
 from bsp_dali.data.videogen import read_frame_index
+from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali.decode.stage import DecodeFailures, DecodeStage, StageOptions
 from bsp_dali.decode.windows import DecodeUnit
+from bsp_dali.plan.augment import FULL_BOX, SpatialConfig, apply_cpu
+from bsp_dali.plan.planner import plain_plan
 from bsp_dali.synth.tables import RecipeTables
-from conftest import ffmpeg_frames
+from conftest import broken_copy, ffmpeg_frames
 
 SIZE = (24, 24)
 
@@ -139,17 +138,9 @@ def test_dali_file_list_windows_match_ffmpeg_frame_by_frame(indexed_vp9, kinetic
 
 @pytest.fixture()
 def broken_vp9(tmp_path, kinetics_vp9):
-    """A copy of the VP9 data with two files broken after indexing: one zeroed (DALI cannot open it
-    and silently skips its lines), one with its middle third zeroed (fewer frames than indexed)."""
-    root = tmp_path / "data"
-    shutil.copytree(kinetics_vp9, root, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
-    index = index_data(root, min_frames=8, workers=1).index
-    unopenable, truncated = index.videos[1], index.videos[4]
-    (root / unopenable.path).write_bytes(b"\x00" * 5000)
-    data = (root / truncated.path).read_bytes()
-    n = len(data)
-    (root / truncated.path).write_bytes(data[:n // 3] + b"\x00" * (n // 3) + data[2 * n // 3:])
-    return index, unopenable, truncated
+    """The VP9 data with a file zeroed (DALI cannot open it and silently skips its lines) and one
+    with its middle third zeroed (fewer frames than indexed), after indexing."""
+    return broken_copy(tmp_path, kinetics_vp9)
 
 
 def test_dali_reader_blames_exactly_the_broken_files(broken_vp9):
@@ -313,17 +304,8 @@ def test_batches_ahead_counts_the_chunks_a_file_list_stream_holds(indexed_vp9):
 # ---------------------------------------------------------------------------------- PyAV in worker processes
 @pytest.fixture()
 def broken_h264(tmp_path, kinetics_h264):
-    """A copy of the H.264 data with two files broken after indexing: one zeroed, one with its
-    middle third zeroed."""
-    root = tmp_path / "data"
-    shutil.copytree(kinetics_h264, root, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
-    index = index_data(root, min_frames=8, workers=1).index
-    unopenable, damaged = index.videos[1], index.videos[4]
-    (root / unopenable.path).write_bytes(b"\x00" * 5000)
-    data = (root / damaged.path).read_bytes()
-    n = len(data)
-    (root / damaged.path).write_bytes(data[:n // 3] + b"\x00" * (n // 3) + data[2 * n // 3:])
-    return index, unopenable, damaged
+    """The H.264 data with a file zeroed and one with its middle third zeroed, after indexing."""
+    return broken_copy(tmp_path, kinetics_h264)
 
 
 def pyav_stage(index, cpu_workers, cfg=None, **opts):

@@ -7,8 +7,8 @@ import pytest
 
 from bsp_dali import SynthesisConfig
 from bsp_dali.synth import synthesis
-from bsp_dali.synth.tables import Layout, OutDType, RecipeTables, normalization
 from bsp_dali.synth.synthesis import bf16_bits, synthesize_reference
+from bsp_dali.synth.tables import Layout, OutDType, RecipeTables, normalization
 from kernel_cases import all_cases, compare, hand_tables, plan_batch
 
 

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from bsp_dali import Layout, OutDType, Planner, RecipeTables, SynthesisConfig, synthesize
 from bsp_dali.data.demo import DemoReader, demo_index
-from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 from bsp_dali.synth.synthesis import bf16_bits, bf16_to_float32
+from bsp_dali.synth.tables import DEFAULT_MEAN, DEFAULT_STD
 
 
 def render(plans, reader, index):

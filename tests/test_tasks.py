@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from bsp_dali.plan.config import SynthesisConfig
-from bsp_dali.train.distributed import Dist
-from bsp_dali.train.tasks import TASKS, Accuracy, HeatmapError, Task, register
 from bsp_dali.train.config import TrainConfig
+from bsp_dali.train.distributed import Dist
 from bsp_dali.train.loop import build_model
+from bsp_dali.train.tasks import TASKS, Accuracy, HeatmapError, Task, register
 from bsp_models import create_encoder
 
 ONE = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))

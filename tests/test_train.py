@@ -6,34 +6,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import cli_command, cli_env, free_port, run_cli, small_kinetics
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+OMP = {"OMP_NUM_THREADS": "1"}  # processes of a run share two cores
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """3 classes x 4 H.264 videos: half of each class is held out for validation."""
-    from bsp_dali.data.ingest import index_data
-    from bsp_dali.data.videogen import write_kinetics_folder
-
-    root = tmp_path_factory.mktemp("train_data")
-    write_kinetics_folder(root, num_classes=3, per_class=4, frames=(30, 40), size=(32, 48))
-    index_data(root, min_frames=4, workers=1)
-    return root
+    return small_kinetics(tmp_path_factory.mktemp("train_data"), num_classes=3, per_class=4, frames=(30, 40),
+                          min_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +39,13 @@ def train_args(data, out, cfg_file, *extra):
             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra]
 
 
-def run(args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True, env=env,
-                          timeout=600, **kw)
-
 
 def signal_after_checkpoint(args, out, step, group, sig=signal.SIGKILL):
     """Start a training run, send it ``sig`` (its whole process group when ``group``: launcher and
     workers, as a terminal's Ctrl-C does) as soon as a checkpoint of at least ``step`` exists; returns
     the checkpoint's path and the finished process (with its stdout and stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     with open(out.parent / f"{out.name}.stdout", "w+") as fout, open(out.parent / f"{out.name}.stderr", "w+") as ferr:
-        proc = subprocess.Popen([sys.executable, "-m", "bsp_dali", *args], env=env, stdout=fout, stderr=ferr, text=True,
+        proc = subprocess.Popen(cli_command(*args), env=cli_env(**OMP), stdout=fout, stderr=ferr, text=True,
                                 start_new_session=group)
         last = out / "checkpoints" / "last.pt"
         deadline = time.time() + 300
@@ -89,7 +72,7 @@ def kill_after_checkpoint(args, out, step, group):
 @pytest.fixture(scope="module")
 def bsp_run(tmp_path_factory, data, cfg_file):
     out = tmp_path_factory.mktemp("bsp_run")
-    res = run(train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic"))
+    res = run_cli(*train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic"), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
 
@@ -128,7 +111,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, bsp_run, data, cfg_fil
     last = kill_after_checkpoint(args, out, step=2, group=False)
     killed_at = torch.load(last, weights_only=True)["step"]
     assert 2 <= killed_at < 8
-    res = run(args)
+    res = run_cli(*args, env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -151,7 +134,7 @@ def test_resume_from_a_version_1_checkpoint_reaches_the_same_weights(tmp_path, b
     out = tmp_path / "v1"
     (out / "checkpoints").mkdir(parents=True)
     torch.save(state, out / "checkpoints" / "last.pt")
-    res = run(train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic"))
+    res = run_cli(*train_args(data, out, cfg_file, "--checkpoint-every", "2", "--deterministic"), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "is a version 1 checkpoint" in res.stderr and "resumed from" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -161,7 +144,7 @@ def test_resume_from_a_version_1_checkpoint_reaches_the_same_weights(tmp_path, b
 
 def test_two_cpu_processes_over_gloo_agree_on_the_weights(tmp_path, data, cfg_file):
     out = tmp_path / "ddp"
-    res = run(train_args(data, out, cfg_file, "--nproc", "2", "--epochs", "1"))
+    res = run_cli(*train_args(data, out, cfg_file, "--nproc", "2", "--epochs", "1"), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     fps = summary["weight_fingerprints"]
@@ -171,7 +154,8 @@ def test_two_cpu_processes_over_gloo_agree_on_the_weights(tmp_path, data, cfg_fi
 
 @pytest.mark.parametrize("task", ["action", "regression", "two-head"])
 def test_other_tasks_train(tmp_path, data, cfg_file, task):
-    res = run(train_args(data, tmp_path / task, cfg_file, "--task", task, "--max-steps", "2", "--epochs", "1"))
+    res = run_cli(*train_args(data, tmp_path / task, cfg_file, "--task", task, "--max-steps", "2", "--epochs", "1"),
+                  env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / task / "summary.json").read_text())
     assert summary["step"] == 2 and summary["loss"] is not None
@@ -183,8 +167,8 @@ def test_other_tasks_train(tmp_path, data, cfg_file, task):
 
 def test_distillation_from_two_teachers(tmp_path, bsp_run, data, cfg_file):
     teacher = bsp_run[0] / "checkpoints" / "last.pt"
-    res = run(train_args(data, tmp_path / "d", cfg_file, "--task", "distill", "--teacher-vanilla",
-                         str(teacher), "--teacher-bsp", str(teacher), "--max-steps", "2", "--epochs", "1"))
+    res = run_cli(*train_args(data, tmp_path / "d", cfg_file, "--task", "distill", "--teacher-vanilla", teacher,
+                              "--teacher-bsp", teacher, "--max-steps", "2", "--epochs", "1"), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "d" / "checkpoints" / "last.pt", weights_only=True)
     teacher_w = torch.load(teacher, weights_only=True)["model"]["encoder.base_model.conv1.weight"]
@@ -194,14 +178,14 @@ def test_distillation_from_two_teachers(tmp_path, bsp_run, data, cfg_file):
 @pytest.mark.parametrize("args, message", [
     (["--task", "speed"], "task ('speed') must be one of"),
     (["--arch", "vgg"], "arch ('vgg') must be one of"),
-    (["--gpus", "2"], "--gpus 2 asked for, 0 CUDA device(s) visible"),
+    (["--gpus", "2"], "--gpus 2 asked for, 0 usable CUDA device(s)"),
     (["--task", "distill"], "needs --teacher-vanilla"),
     (["--batch-size", "0"], "batch_size (0) must be >= 1"),
 ])
 def test_training_mistakes_are_one_line(tmp_path, data, cfg_file, args, message):
     a = train_args(data, tmp_path / "x", cfg_file)
     # the later option wins in typer: append the bad one
-    res = run(a + args)
+    res = run_cli(*a, *args, env=OMP)
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr and "Traceback" not in res.stderr
 
@@ -210,13 +194,13 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
     """The whole job dies at once (a node failure): launcher and workers killed together."""
     extra = ["--nproc", "2", "--checkpoint-every", "1", "--deterministic", "--epochs", "3"]
     ref_out = tmp_path / "ref"
-    res = run(train_args(data, ref_out, cfg_file, *extra))
+    res = run_cli(*train_args(data, ref_out, cfg_file, *extra), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     ref = json.loads((ref_out / "summary.json").read_text())
     out = tmp_path / "killed"
     last = kill_after_checkpoint(train_args(data, out, cfg_file, *extra), out, step=2, group=True)
     assert torch.load(last, weights_only=True)["step"] < ref["step"]
-    res = run(train_args(data, out, cfg_file, *extra))
+    res = run_cli(*train_args(data, out, cfg_file, *extra), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == ref["step"] == 6
@@ -243,7 +227,7 @@ def test_a_run_resumed_past_max_steps_takes_no_step(tmp_path, bsp_run, data, cfg
     out = tmp_path / "past"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(ref_out / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
-    res = run(train_args(data, out, cfg_file, "--epochs", "3", "--max-steps", "6", "--deterministic"))
+    res = run_cli(*train_args(data, out, cfg_file, "--epochs", "3", "--max-steps", "6", "--deterministic"), env=OMP)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stderr and "done: 8 steps" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -291,7 +275,7 @@ def test_a_full_disk_is_one_error_and_keeps_the_last_checkpoint(tmp_path, bsp_ru
         (out / "checkpoints").mkdir()
         shutil.copy(ref_last, out / "checkpoints" / "last.pt")
         before = (out / "checkpoints" / "last.pt").read_bytes()
-        res = run(train_args(data, out, cfg_file, "--epochs", "3", "--checkpoint-every", "1"))
+        res = run_cli(*train_args(data, out, cfg_file, "--epochs", "3", "--checkpoint-every", "1"), env=OMP)
         assert res.returncode == 3, res.stderr[-3000:]
         assert "Traceback" not in res.stderr
         err = " ".join(res.stderr.split())

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,17 +18,12 @@ from bsp_dali.data.ingest import MANIFEST_NAME, build_index, index_data
 from bsp_dali.data.transcode import (REPORT_NAME, DiskFull, TranscodeError, TranscodeSettings, check_output,
                                 output_size, transcode_dataset)
 from bsp_dali.data.videogen import index_frame, read_frame_index, write_index_video, write_kinetics_folder, write_video
+from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 SHORT = 48  # sources are 64x96: outputs 48x72
 VFR_TIMES = [0.0]
 for _k in range(1, 40):
     VFR_TIMES.append(VFR_TIMES[-1] + (0.033, 0.05, 0.1)[(_k * 7) % 3])
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bsp_dali", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
 
 
 def ffmpeg():
@@ -85,7 +79,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def transcoded(source, tmp_path_factory):
     dst = tmp_path_factory.mktemp("tc_dst") / "out"
-    res = cli("transcode", str(source), str(dst), "--short-side", str(SHORT), "--workers", "2")
+    res = run_cli("transcode", str(source), str(dst), "--short-side", str(SHORT), "--workers", "2")
     return dst, res
 
 
@@ -249,7 +243,7 @@ def test_a_real_full_disk(small_tmpfs, tmp_path):
     src = tmp_path / "noise"
     for k in range(3):
         write_video(src / "c" / f"n{k}.mp4", (rng.integers(0, 256, (96, 128, 3), np.uint8) for _ in range(20)), crf=30)
-    res = cli("transcode", str(src), str(small_tmpfs / "out"), "--short-side", "96", "--crf", "18", "--workers", "1")
+    res = run_cli("transcode", str(src), str(small_tmpfs / "out"), "--short-side", "96", "--crf", "18", "--workers", "1")
     assert res.returncode == 3, res.stdout + res.stderr
     assert "disk full" in res.stderr and "No space left on device" in res.stderr and "Traceback" not in res.stderr
     kept = sorted((small_tmpfs / "out").rglob("*.mp4"))
@@ -264,7 +258,7 @@ def test_list_file_and_annotation_csv_layouts(source, tmp_path):
     lst.write_text("".join(f"{p.relative_to(source)} {'a' if i % 2 else 'b'}\n" for i, p in enumerate(files))
                    + "train/class_1/vp9clip_000000_000010.webm b\n")
     dst = tmp_path / "from_list"
-    res = cli("transcode", str(source), str(dst), "--list", str(lst), "--short-side", str(SHORT), "--workers", "1")
+    res = run_cli("transcode", str(source), str(dst), "--list", str(lst), "--short-side", str(SHORT), "--workers", "1")
     assert res.returncode == 0, res.stderr
     assert f"bsp-dali index {dst} --list {dst / 'ucf.txt'}" in res.stdout
     assert "train/class_1/vp9clip_000000_000010.mp4 b" in (dst / "ucf.txt").read_text()
@@ -359,13 +353,13 @@ def test_encoder_choice_is_explicit(source, tmp_path):
     name, note = tc.resolve_encoder("auto")
     if not ok:  # never the case with a working NVENC: that path is unverified in this project
         assert name == "libx264" and "h264_nvenc" in note and "libx264" in note
-        res = cli("transcode", str(source), str(tmp_path / "x"), "--encoder", "h264_nvenc")
+        res = run_cli("transcode", str(source), str(tmp_path / "x"), "--encoder", "h264_nvenc")
         assert res.returncode == 2 and "--encoder h264_nvenc is not usable here" in res.stderr
         assert "Traceback" not in res.stderr and not (tmp_path / "x").exists()
     else:
         assert name == "h264_nvenc"
     assert tc.resolve_encoder("libx264")[0] == "libx264"
-    res = cli("transcode", str(source), str(tmp_path / "x"), "--encoder", "x265")
+    res = run_cli("transcode", str(source), str(tmp_path / "x"), "--encoder", "x265")
     assert res.returncode == 2 and "--encoder ('x265') must be one of auto, libx264, h264_nvenc" in res.stderr
 
 
@@ -398,7 +392,7 @@ def test_roots_must_not_nest(source, tmp_path):
         transcode_dataset(source, source / "out")
     with pytest.raises(TranscodeError, match="does not exist"):
         transcode_dataset(tmp_path / "nowhere", tmp_path / "out")
-    res = cli("transcode", str(source), str(source))
+    res = run_cli("transcode", str(source), str(source))
     assert res.returncode == 2 and "must not be SRC" in res.stderr
     assert not (source / MANIFEST_NAME).exists()
 

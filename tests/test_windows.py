@@ -6,12 +6,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bsp_dali import DatasetIndex, Planner, SynthesisConfig
-from bsp_dali.plan.augment import SpatialConfig
 from bsp_dali.data.demo import DemoReader, demo_index
-from bsp_dali.plan.planner import plain_plan
-from bsp_dali.synth.tables import RecipeTables
-from bsp_dali.synth.synthesis import synthesize_reference
 from bsp_dali.decode.windows import DecodeUnit, fixed_window_length, longest_span, plan_windows
+from bsp_dali.plan.augment import SpatialConfig
+from bsp_dali.plan.planner import plain_plan
+from bsp_dali.synth.synthesis import synthesize_reference
+from bsp_dali.synth.tables import RecipeTables
 
 CFG = SynthesisConfig(eps_range=(1, 4), gammas=(0.5, 2.0, 3.0))
 

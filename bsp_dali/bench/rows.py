@@ -371,6 +371,12 @@ def bench_kernel(device: str, batch: int, T: int, size: int, repeats: int) -> di
         tk = events(lambda: synthesize_cupy(dev, tables, dtype=dtype, out=out))
         tc = events(lambda: cp.copyto(b, a))
         name = "CUDA kernel (CuPy)"
+        # the iterator's path: output from PyTorch's allocator, tables through one pinned copy
+        from ..synth.torch_interop import GPUSynthesis
+
+        gpu_synthesis = GPUSynthesis(cp.cuda.Device().id, dtype=dtype)
+        extra = {"iterator_path_seconds": events(lambda: gpu_synthesis(dev, tables))}
+        gpu_synthesis.close()
     else:
         a = np.empty(nbytes // 2, np.uint8)
         b = np.empty_like(a)
@@ -387,8 +393,9 @@ def bench_kernel(device: str, batch: int, T: int, size: int, repeats: int) -> di
         tk = wall(lambda: synthesize_reference(sources, tables, dtype=dtype))
         tc = wall(lambda: np.copyto(b, a))
         name = "NumPy reference"
+        extra = {}
     return {"row": "kernel", "decoder": name, "traffic_bytes": nbytes, "seconds": tk, "GBps": nbytes / tk / 1e9,
-            "copy_GBps": 2 * a.nbytes / tc / 1e9, "fraction_of_copy": (nbytes / tk) / (2 * a.nbytes / tc)}
+            "copy_GBps": 2 * a.nbytes / tc / 1e9, "fraction_of_copy": (nbytes / tk) / (2 * a.nbytes / tc), **extra}
 
 
 # ---------------------------------------------------------------------------------- training step

@@ -19,6 +19,18 @@ import numpy as np
 MANIFEST_VERSION = 1
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON value in the file ``path``: FileNotFoundError when it is missing, ValueError when it
+    is not JSON, each naming ``what`` (``"manifest"``, ``"config file"``) and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
 class BadVideo(Exception):
     """A video file that cannot be used, with the reason in words (``path``, ``reason``;
     ``str(e)`` is ``"path: reason"``): raised when probing finds it unusable (``bsp-dali index``
@@ -184,14 +196,7 @@ class DatasetIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "DatasetIndex":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"manifest {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"manifest {path} is not valid JSON: {e}") from None
-        return cls.from_json(data)
+        return cls.from_json(read_json(path, "manifest"))
 
     def subset(self, keep: Iterable[int]) -> "DatasetIndex":
         """A new index with the chosen videos and the same class map."""
@@ -199,4 +204,4 @@ class DatasetIndex:
                             excluded=self.excluded)
 
 
-__all__ = ["BadVideo", "DatasetIndex", "VideoInfo", "MANIFEST_VERSION"]
+__all__ = ["BadVideo", "DatasetIndex", "VideoInfo", "MANIFEST_VERSION", "read_json"]

@@ -111,6 +111,21 @@ def _too_few(n: int, expected: int) -> bool:
     return expected > 0 and n < expected * 0.95 - 2
 
 
+def _rate_and_count(path: str, container: Any, stream: Any, n: int, counted: str) -> tuple[float, int]:
+    """(fps, frames the container announces); :class:`BadVideo` when the ``n`` frames found
+    (``counted``: what was counted) fall short of the announcement: a truncated file."""
+    fps = _rate(stream)
+    expected = _announced_frames(container, stream, fps)
+    if _too_few(n, expected):
+        raise BadVideo(path, f"truncated: {n} {counted}, the container announces about {expected}")
+    return fps, expected
+
+
+def _check_min_frames(path: str, n: int, min_frames: int) -> None:
+    if n < min_frames:
+        raise BadVideo(path, f"too few frames: {n} < {min_frames} needed by the clip settings")
+
+
 def probe_video(path: str | os.PathLike, min_frames: int = 1) -> ProbeResult:
     """Decode every frame of ``path``'s first video stream; raise :class:`BadVideo` if unusable."""
     path = str(path)
@@ -137,12 +152,8 @@ def probe_video(path: str | os.PathLike, min_frames: int = 1) -> ProbeResult:
             raise BadVideo(path, f"undecodable: decoding failed after {n} frames ({_short(e)})") from None
         if n == 0:
             raise BadVideo(path, "undecodable: no frame could be decoded")
-        fps = _rate(stream)
-        expected = _announced_frames(container, stream, fps)
-        if _too_few(n, expected):
-            raise BadVideo(path, f"truncated: {n} frames decoded, the container announces about {expected}")
-        if n < min_frames:
-            raise BadVideo(path, f"too few frames: {n} < {min_frames} needed by the clip settings")
+        fps, _ = _rate_and_count(path, container, stream, n, "frames decoded")
+        _check_min_frames(path, n, min_frames)
         duration = n / fps
         if first_pts is not None and last_pts is not None and stream.time_base is not None and n > 1:
             duration = float((last_pts - first_pts) * stream.time_base) * n / (n - 1)
@@ -186,10 +197,7 @@ def probe_packets(path: str | os.PathLike, min_frames: int = 1) -> ProbeResult:
         n = len(pts) + no_pts
         if n == 0:
             raise BadVideo(path, "no frames: the video stream holds no packets")
-        fps = _rate(stream)
-        expected = _announced_frames(container, stream, fps)
-        if _too_few(n, expected):
-            raise BadVideo(path, f"truncated: {n} frame packets, the container announces about {expected}")
+        fps, expected = _rate_and_count(path, container, stream, n, "frame packets")
         order = sorted(range(len(pts)), key=lambda i: (pts[i], i))  # presentation order
         doubt = ""
         if no_pts:
@@ -210,8 +218,7 @@ def probe_packets(path: str | os.PathLike, min_frames: int = 1) -> ProbeResult:
         last = order[-1]
         tail = durations[last] or (pts[last] - pts[order[-2]] if n > 1 else 0)
         duration = float((pts[last] - pts[order[0]] + tail) * stream.time_base) if stream.time_base else n / fps
-        if n < min_frames:
-            raise BadVideo(path, f"too few frames: {n} < {min_frames} needed by the clip settings")
+        _check_min_frames(path, n, min_frames)
         return ProbeResult(n, fps, width, height, codec, keyframes, duration=duration,
                            method=ProbeMode.PACKETS.value)
 

@@ -31,10 +31,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
-
-import numpy as np
 
 from ..data.demo import DEMO_SCHEME
 from ..data.index import BadVideo, DatasetIndex
