@@ -437,7 +437,7 @@ def train_cmd(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (data, run, preview, report)."),
-    minutes: float = typer.Option(7.0, "--minutes", help="Training time budget (the schedule itself takes about 7 min on 2 CPU cores)."),
+    minutes: float = typer.Option(7.0, "--minutes", help="Training time cap in minutes (the 300-step schedule takes about a minute on 2 CPU cores)."),
     size: int = typer.Option(32, "--size", help="Training crop size."),
     classes: int = typer.Option(4, "--classes", help="Procedural action classes (2..6)."),
     per_class: int = typer.Option(12, "--per-class", help="Videos per class."),
