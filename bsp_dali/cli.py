@@ -387,7 +387,7 @@ def train_cmd(
     """Pre-train a TSM encoder on synthesized boundaries (or the action/two-head/distill variants).
 
     Defaults follow TSM and the BSP paper (docs/training.md). A JSON --config may hold a "train"
-    section (every TrainConfig field of bsp_dali/train.py, these option names with underscores) and
+    section (every TrainConfig field of bsp_dali/train/config.py, these option names with underscores) and
     a "synthesis" section; options override it. Killing a run loses at most the steps since the last
     checkpoint; Ctrl-C stops it, and running the same command again resumes. Every checkpoint is
     read weights-only (no code runs); see --trust-checkpoint.

@@ -8,7 +8,7 @@ frame, a camera that pans with sub-pixel motion, objects that move across it) an
 kbit/s at 340x256 with x264 at CRF 23. They are built with array slicing and a few lerps per
 frame from fields drawn once per video, so generation costs far less than encoding.
 
-The demo's training data (``bsp_dali/demo.py``) is not touched: its classes must stay learnable.
+The demo's training data (``bsp_dali/data/demo.py``) is not touched: its classes must stay learnable.
 """
 
 from __future__ import annotations

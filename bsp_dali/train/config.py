@@ -48,7 +48,7 @@ class TrainConfig:
     val_clips: int = setting(512, help="Validation clips.")
     val_every: int = setting(1, help="Epochs between validations (and always after the last step).")
     checkpoint_every: int = setting(500, flag="--checkpoint-every", help="Steps between checkpoints.")
-    log_every: int = setting(10, help="Steps between metric records.")
+    log_every: int = setting(10, flag="--log-every", help="Steps between metric records (clips/s, data-wait, loss).")
     max_steps: int | None = setting(None, flag="--max-steps", help="Stop after this many steps.")
     max_minutes: float | None = setting(None, flag="--max-minutes", help="Stop after this much time.")
     resume: bool = setting(True, flag="--resume/--no-resume",
