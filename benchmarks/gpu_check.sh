@@ -50,7 +50,7 @@ if [ "$DEVICE" = cpu ]; then  # tiny settings: a flag check, not a measurement
   GPUS=0; ARCH=resnet18; SIZE=32; BATCH=2; STEPS=20; KILL_AT=10; EVERY=5; BENCH=(--quick --device cpu)
 else
   GPUS=1; ARCH=resnet50; SIZE=224; BATCH=32; STEPS=200; KILL_AT=100; EVERY=50
-  BENCH=(--device gpu --batch-size 32 --frames 8 --size 224 --data-gop 16)
+  BENCH=(--device gpu --batch-size 32 --frames 8 --size 224 --data-gop 16 --decode-ahead 8)
 fi
 
 machine() {

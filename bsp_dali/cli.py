@@ -492,6 +492,8 @@ def bench(
     min_batches: Optional[int] = typer.Option(None, "--min-batches", help="Timing window: at least this many batches after the warm-up (default 30)."),
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="Timing window: at least this many seconds (default 10)."),
     nvdec_engines: Optional[int] = typer.Option(None, "--nvdec-engines", help="Pipelines of the GPU decode ceiling, one per NVDEC engine (default 7: H100/H200)."),
+    decode_ahead: Optional[List[int]] = typer.Option(None, "--decode-ahead", help="Also run the pipeline row with this many batches planned per file-list chunk (repeatable; a tuning sweep at the first grid point, kept out of the goals; default: the stage's, 2 on GPU, 1 on CPU)."),
+    pipelines: Optional[List[int]] = typer.Option(None, "--pipelines", help="Also run the pipeline row with this many decode pipelines (repeatable; a tuning sweep like --decode-ahead; default: one per NVDEC engine on GPU)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="File name tag (default: gpu or cpu, -quick)."),
 ) -> None:
     """Measure, on generated Kinetics-like H.264 (or --data), the steady-state delivered rate of the
@@ -528,6 +530,11 @@ def bench(
             if nvdec_engines < 1:
                 raise UserError(f"--nvdec-engines ({nvdec_engines}) must be >= 1")
             s.nvdec_engines = nvdec_engines
+        for name, val in (("decode_ahead", decode_ahead), ("pipelines", pipelines)):
+            if val:
+                if any(v < 1 for v in val):
+                    raise UserError(f"--{name.replace('_', '-')} values must be >= 1, got {val}")
+                setattr(s, name, tuple(val))
         if data is not None:
             s.data_dir = str(data)
         if data_gop is not None:

@@ -150,6 +150,27 @@ def test_goal_evaluation():
     assert rows[5]["ceiling_row"] == "cpu-decode-ceiling" and rows[5]["fraction_of_ceiling"] == 13000 / 20000
 
 
+def test_pipeline_variants_are_swept_but_kept_out_of_the_goals():
+    from bsp_dali.bench.run import pipeline_variants
+
+    assert pipeline_variants(BenchSettings()) == []
+    assert pipeline_variants(BenchSettings(decode_ahead=(4, 8))) == [(4, None), (8, None)]
+    assert pipeline_variants(BenchSettings(pipelines=(4,))) == [(None, 4)]
+    assert pipeline_variants(BenchSettings(decode_ahead=(8,), pipelines=(4, 7))) == [(8, 4), (8, 7)]
+    common = dict(T=8, size=112, threads=16, batch=32)
+    rows = [{**common, "row": "pipeline", "clips_per_s": 300.0, "decoder": "DALI"},
+            {**common, "row": "pipeline", "clips_per_s": 600.0, "decoder": "DALI [variant]", "variant": True},
+            {**common, "row": "baseline", "clips_per_s": 100.0, "decoder": "pyav in 16 DataLoader workers"}]
+    goals = {g["goal"]: g for g in evaluate_goals(rows, "gpu", (16,))}
+    assert goals["pipeline clips/s"]["measured"] == 300.0 and not goals["pipeline clips/s"]["met"]
+    assert goals["pipeline / PyAV DataLoader (all cores)"]["measured"] == 3.0
+
+
+def test_bench_rejects_bad_sweep_values():
+    r = run_cli("bench", "--quick", "--device", "cpu", "--decode-ahead", "0", "--out", "unused")
+    assert r.returncode != 0 and "--decode-ahead values must be >= 1" in r.stderr + r.stdout
+
+
 def test_decode_cost_starts_at_the_keyframe_before_each_source(indexed_h264):
     plans = Planner(indexed_h264, SynthesisConfig(tau=4), seed=1).plan_many(range(64))
     from_zero = sum(max(f) + 1 for p in plans for f in p.frames)

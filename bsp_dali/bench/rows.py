@@ -99,18 +99,26 @@ def _per_clip(row: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- loader rows
 def bench_pipeline(index: DatasetIndex, device: str, batch: int, threads: int, synthesis: SynthesisConfig,
                    size: int, window: Window = STEADY, dtype: str = "float16",
-                   sampler: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """``BSPIterator`` as a training loop would use it (PyTorch tensors on the device)."""
+                   sampler: Callable[[], Any] | None = None, ahead: int | None = None,
+                   pipelines: int | None = None) -> dict[str, Any]:
+    """``BSPIterator`` as a training loop would use it (PyTorch tensors on the device). ``ahead``
+    and ``pipelines`` override the decode stage's defaults (the row is then a ``variant``)."""
     from ..iterator import BSPIterator
 
     it = BSPIterator(index, batch, synthesis=synthesis, spatial=SpatialConfig(size=(size, size)), device=device,
-                     num_threads=threads, epoch_size=batch * 10**7, dtype=dtype, return_recipes=False)
+                     num_threads=threads, epoch_size=batch * 10**7, dtype=dtype, return_recipes=False,
+                     decode_ahead=ahead, pipelines=pipelines)
 
     def run() -> dict[str, Any]:
         batches = ((it.to_torch(r), r) for r in it.iter_raw())
         res = steady_rate(batches, lambda b: batch_counts(index, b[1]), warmup=prefetch_warmup(it.depth),
                           window=window, sync=_sync(device), primary="clips")
-        return {"row": "pipeline", "decoder": it.decoder_description, **res.to_json()}
+        row = {"row": "pipeline", "decoder": it.decoder_description, "decode_ahead": it.stage.ahead,
+               "pipelines": it.stage.pipelines, **res.to_json()}
+        if ahead is not None or pipelines is not None:
+            row["variant"] = True
+            row["decoder"] += f" [variant: decode_ahead {it.stage.ahead}, {it.stage.pipelines} pipeline(s)]"
+        return row
 
     try:
         return _per_clip(_utilized(sampler, run))

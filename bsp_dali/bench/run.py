@@ -44,6 +44,11 @@ class BenchSettings:
     data_dir: str | None = None  # a user's indexed folder instead of generated data
     nvdec_engines: int = NVDEC_ENGINES
     data_gop: int | None = None  # also run the loaders on a `bsp-dali transcode` copy with this GOP
+    # pipeline-row variants at the first grid point (all cores, every batch size): other
+    # decode-ahead depths (batches planned per file-list chunk) and pipeline counts than the
+    # stage's defaults; a tuning instrument, kept out of the goals
+    decode_ahead: tuple[int, ...] = ()
+    pipelines: tuple[int, ...] = ()
 
     @classmethod
     def defaults(cls, device: str = "auto", quick: bool = False) -> "BenchSettings":
@@ -173,6 +178,11 @@ def loader_rows(index: Any, device: str, settings: BenchSettings, threads: Seque
                     say(f"pipeline / baseline ({data_set}): T={T} size={size} batch={B} threads={n}")
                     rows.append({**common, **bench_pipeline(index, device, B, n, syn, size, settings.window,
                                                             sampler=sampler)})
+                    if (T, size, n) == (T0, S0, threads[-1]):
+                        for ahead, pipes in pipeline_variants(settings):
+                            say(f"pipeline variant ({data_set}): batch={B} decode_ahead={ahead} pipelines={pipes}")
+                            rows.append({**common, **bench_pipeline(index, device, B, n, syn, size, settings.window,
+                                                                    sampler=sampler, ahead=ahead, pipelines=pipes)})
                     rows.append({**common, **bench_baseline(index, device, B, n, syn, size, settings.window,
                                                             sampler=sampler)})
                     for dec in ("pyav-tuned", "decord", "torchcodec"):
@@ -187,6 +197,14 @@ def loader_rows(index: Any, device: str, settings: BenchSettings, threads: Seque
                             except Exception as e:  # noqa: BLE001 - an optional baseline must not end the run
                                 log.warning("baseline with %s failed: %s", dec, e)
     return rows
+
+
+def pipeline_variants(settings: BenchSettings) -> list[tuple[int | None, int | None]]:
+    """(decode_ahead, pipelines) pairs to run beside the default pipeline row: every value of one
+    swept with the other at its default, and every pair when both are given."""
+    aheads: list[int | None] = list(settings.decode_ahead) or [None]
+    pipes: list[int | None] = list(settings.pipelines) or [None]
+    return [(a, p) for a in aheads for p in pipes if (a, p) != (None, None)]
 
 
 def attach_ceilings(rows: list[dict[str, Any]], device: str) -> None:
@@ -225,7 +243,8 @@ def evaluate_goals(rows: list[dict[str, Any]], device: str, threads: Sequence[in
         cands = [r for r in rows if r["row"] == kind and r.get("threads") == n and "clips_per_s" in r
                  and r.get("data_set", AS_GIVEN) == data_set
                  and (first is None or (r.get("T"), r.get("size")) == (first.get("T"), first.get("size")))
-                 and (kind != "baseline" or r["decoder"].startswith("pyav in "))]  # the plain PyAV loop
+                 and not r.get("variant")  # the stage's defaults; variants are for tuning them
+                and (kind != "baseline" or r["decoder"].startswith("pyav in "))]  # the plain PyAV loop
         return max(cands, key=lambda r: r["clips_per_s"]) if cands else None
 
     def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "clips_per_s") -> float | None:
@@ -267,4 +286,4 @@ def check_sane(result: dict[str, Any]) -> None:
 
 
 __all__ = ["AS_GIVEN", "BenchSettings", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
-           "run_bench", "settings_json"]
+           "pipeline_variants", "run_bench", "settings_json"]
