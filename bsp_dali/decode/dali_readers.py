@@ -181,6 +181,7 @@ class DaliFileListReader:
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write("\n".join(lines) + "\n")
+            pipe = None
             try:
                 pipe = self._build(list_path, batch)
                 size = pipe.epoch_size("reader")
@@ -210,10 +211,20 @@ class DaliFileListReader:
                                            f"{got_frames[:1]}..{got_frames[-1:]} instead of {u.start}..{u.stop - 1}")
                     if line < len(units):
                         out.append(self._own(video, i))
-            del pipe
+                self._copies_done()  # before the next run() overwrites the buffers copied from
             return out
         finally:
+            pipe = None  # not kept alive by a _ChunkFailed's traceback through the bisection
             os.unlink(list_path)
+
+    def _copies_done(self) -> None:
+        """Wait for the copies out of DALI's output buffers: they run asynchronously on the current
+        CuPy stream, while DALI (its classic executor) reuses or frees those buffers on its own
+        stream at the next ``run()`` or when the pipeline goes."""
+        if self.device == "gpu":
+            import cupy as cp
+
+            cp.cuda.get_current_stream().synchronize()
 
     def _own(self, video: Any, i: int) -> Any:
         """A copy of output ``i`` that outlives the pipeline's buffers."""
@@ -325,6 +336,11 @@ class DaliFramesReader:
             return results
         for k, s in zip(live, stacks):
             results[k] = s.copy()  # DALI reuses its output buffers on the next run
+        if self.device == "gpu":  # the copies are asynchronous: done before that next run
+            import cupy as cp
+
+            cp.cuda.get_current_stream().synchronize()
+        for k in live:
             check_stack(results[k], units[k], self.size)
         return results
 
