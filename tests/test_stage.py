@@ -47,7 +47,7 @@ def test_stage_decodes_the_units_of_a_batch_and_their_tables(tmp_path):
     stage, index = demo_stage(reader, num_threads=1)
     batch = stage.decode(0, [0, 1, 2, 3, 4, 5])
     assert [p.index for p in batch.plans] == [0, 1, 2, 3, 4, 5] and stage.route(batch.windows.units[0]) == "cpu"
-    assert len(reader.calls) == len(batch.windows.units) == len(batch.stacks) > 0  # one read per unit, one pass per window
+    assert len(reader.calls) == len(batch.windows.units) == len(batch.stacks) > 0  # one read per unit and window
     for unit, stack, (_, frames) in zip(batch.windows.units, batch.stacks, reader.calls):
         assert frames == tuple(unit.frames)
         raw = DemoReader(32, 32).read(index.videos[unit.video], unit.frames)
