@@ -8,7 +8,8 @@ Each row decodes random windows of ``--length`` frames (a "clip": 8 by default, 
 findings) of generated Kinetics-like H.264 (16 videos, 340x256, 250 frames, 3 B-frames; once with
 a keyframe every 250 frames, once every 16) and reports windows/s, decoded frames/s, the build
 time of file-list pipelines, and NVDEC utilization sampled through NVML (``pynvml``) during the
-row:
+row (windows and frames counted from what the readers returned; a row that got fewer windows
+than it asked for says so in its ``error``):
 
 * ``decoders.video``: ``fn.decoders.video(device="mixed")`` per source (the previous GPU path),
   1 and 7 pipelines on threads;
@@ -115,13 +116,34 @@ def split(units: Sequence[DecodeUnit], parts: int) -> list[list[DecodeUnit]]:
     return [list(units[i::parts]) for i in range(parts)]
 
 
-def timed_threads(work: Callable[[list[DecodeUnit]], Any], chunks: list[list[DecodeUnit]], device_id: int) -> dict:
-    """Run ``work`` on each chunk in its own thread, all at once; windows/s over the wall time."""
+def returned(outputs: Sequence[Any], length: int) -> tuple[int, int]:
+    """(windows, frames) that a reader really returned: windows are the outputs that are stacks of
+    ``length`` frames (a reader's failures, e.g. ``BadVideo``, and short stacks are not); frames are
+    counted along the first axis of every stack."""
+    frames = [int(o.shape[0]) for o in outputs if len(getattr(o, "shape", ())) >= 1]
+    return sum(f == length for f in frames), sum(frames)
+
+
+def rates(requested: int, got_windows: int, got_frames: int, wall: float, errors: Sequence[str]) -> dict:
+    """A row's rates from what came back, not from what was asked for; a row that got fewer
+    windows than it asked for says so in ``error``."""
+    error = errors[0] if errors else None
+    if error is None and got_windows != requested:
+        error = f"the readers returned {got_windows} of {requested} windows"
+    return {"windows": requested, "returned_windows": got_windows, "returned_frames": got_frames, "seconds": wall,
+            "windows_per_s": got_windows / wall, "frames_per_s": got_frames / wall, "error": error}
+
+
+def timed_threads(work: Callable[[list[DecodeUnit]], tuple[int, int]], chunks: list[list[DecodeUnit]],
+                  device_id: int) -> dict:
+    """Run ``work`` on each chunk in its own thread, all at once; ``work`` returns the (windows,
+    frames) it got back. Windows/s and frames/s over the wall time."""
     errors: list[str] = []
+    got: list[tuple[int, int]] = []
 
     def run(chunk: list[DecodeUnit]) -> None:
         try:
-            work(chunk)
+            got.append(work(chunk))
         except Exception as e:  # noqa: BLE001 - a failing row is recorded, not fatal
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
 
@@ -133,10 +155,8 @@ def timed_threads(work: Callable[[list[DecodeUnit]], Any], chunks: list[list[Dec
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-    n = sum(len(c) for c in chunks)
-    frames = sum(u.length for c in chunks for u in c)
-    return {"windows": n, "seconds": wall, "windows_per_s": n / wall, "frames_per_s": frames / wall,
-            "error": errors[0] if errors else None, **util.summary()}
+    requested = sum(len(c) for c in chunks)
+    return {**rates(requested, sum(w for w, _ in got), sum(f for _, f in got), wall, errors), **util.summary()}
 
 
 def _sync_gpu(device: str) -> None:
@@ -152,7 +172,7 @@ def row_file_list(index: DatasetIndex, units: list[DecodeUnit], kind: str, devic
 
     builds: list[float] = []
 
-    def work(chunk: list[DecodeUnit]) -> None:
+    def work(chunk: list[DecodeUnit]) -> tuple[int, int]:
         reader = DaliFileListReader(index, kind, device, chunk[0].length, size, num_threads=2, device_id=device_id)
         orig = reader._build
 
@@ -168,6 +188,7 @@ def row_file_list(index: DatasetIndex, units: list[DecodeUnit], kind: str, devic
         if bad:
             raise RuntimeError(f"{len(bad)} windows failed: {bad[0]}")
         _sync_gpu(device)
+        return returned(out, chunk[0].length)
 
     res = timed_threads(work, split(units, pipelines), device_id)
     per_pipe = len(units) / pipelines
@@ -179,11 +200,13 @@ def row_decoders_video(index: DatasetIndex, units: list[DecodeUnit], device: str
                        size: tuple[int, int], device_id: int) -> dict:
     from bsp_dali.decode.dali_readers import DaliFramesReader
 
-    def work(chunk: list[DecodeUnit]) -> None:
+    def work(chunk: list[DecodeUnit]) -> tuple[int, int]:
         reader = DaliFramesReader(index, device, size, num_threads=2, device_id=device_id, max_sources=32)
+        out = []
         for i in range(0, len(chunk), 32):
-            reader.read_windows(chunk[i:i + 32])
+            out += reader.read_windows(chunk[i:i + 32])
         _sync_gpu(device)
+        return returned(out, chunk[0].length)
 
     return timed_threads(work, split(units, pipelines), device_id)
 
@@ -197,9 +220,9 @@ def _process_worker(manifest: str, units: list[tuple[int, int, int]], kind: str,
     chunk = [DecodeUnit(v, s, n, FULL_BOX, False) for v, s, n in units]
     reader = DaliFileListReader(index, kind, device, chunk[0].length, size, num_threads=2, device_id=device_id)
     start.wait()
-    reader.read_windows(chunk)
+    out = reader.read_windows(chunk)
     _sync_gpu(device)
-    done.put(time.perf_counter())
+    done.put((time.perf_counter(), *returned(out, chunk[0].length)))
 
 
 def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str, pipelines: int,
@@ -222,20 +245,20 @@ def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str
                 ends.append(done.get(timeout=120))
             except Exception:  # noqa: BLE001
                 break
-        wall = (max(ends) if ends else time.perf_counter()) - t0
+        wall = (max(t for t, _, _ in ends) if ends else time.perf_counter()) - t0
     for p in procs:
         p.join(timeout=30)
-    err = None if len(ends) == len(procs) else f"{len(procs) - len(ends)} processes failed"
-    frames = sum(u.length for u in units)
-    return {"windows": len(units), "seconds": wall, "windows_per_s": len(units) / wall,
-            "frames_per_s": frames / wall, "error": err, **util.summary()}
+    errors = [] if len(ends) == len(procs) else [f"{len(procs) - len(ends)} processes failed"]
+    return {**rates(len(units), sum(w for _, w, _ in ends), sum(f for _, _, f in ends), wall, errors),
+            **util.summary()}
 
 
 def row_pynvc(index: DatasetIndex, units: list[DecodeUnit], threads: int, device_id: int) -> dict:
     import PyNvVideoCodec as nvc  # noqa: N813
 
-    def work(chunk: list[DecodeUnit]) -> None:
+    def work(chunk: list[DecodeUnit]) -> tuple[int, int]:
         dec = None
+        out = []
         for u in chunk:
             path = os.path.abspath(index.resolve(index.videos[u.video].path))
             if dec is None:
@@ -243,8 +266,8 @@ def row_pynvc(index: DatasetIndex, units: list[DecodeUnit], threads: int, device
                                         output_color_type=nvc.OutputColorType.RGB)
             else:
                 dec.reconfigure_decoder(path)
-            frames = dec.get_batch_frames_by_index(list(u.frames))
-            assert len(frames) == u.length
+            out.append(len(dec.get_batch_frames_by_index(list(u.frames))))
+        return sum(n == chunk[0].length for n in out), sum(out)
 
     return timed_threads(work, split(units, threads), device_id)
 
@@ -252,11 +275,13 @@ def row_pynvc(index: DatasetIndex, units: list[DecodeUnit], threads: int, device
 def row_torchcodec(index: DatasetIndex, units: list[DecodeUnit], threads: int, device_id: int) -> dict:
     from torchcodec.decoders import VideoDecoder
 
-    def work(chunk: list[DecodeUnit]) -> None:
+    def work(chunk: list[DecodeUnit]) -> tuple[int, int]:
+        out = []
         for u in chunk:
             path = os.path.abspath(index.resolve(index.videos[u.video].path))
             dec = VideoDecoder(path, device=f"cuda:{device_id}", seek_mode="approximate")
-            assert dec.get_frames_at(list(u.frames)).data.shape[0] == u.length
+            out.append(dec.get_frames_at(list(u.frames)).data)
+        return returned(out, chunk[0].length)
 
     return timed_threads(work, split(units, threads), device_id)
 
@@ -266,9 +291,8 @@ def row_pyav(index: DatasetIndex, units: list[DecodeUnit], threads: int) -> dict
 
     reader = PyAVReader(index)
 
-    def work(chunk: list[DecodeUnit]) -> None:
-        for u in chunk:
-            reader.read(index.videos[u.video], u.frames)
+    def work(chunk: list[DecodeUnit]) -> tuple[int, int]:
+        return returned([reader.read(index.videos[u.video], u.frames) for u in chunk], chunk[0].length)
 
     return timed_threads(work, split(units, threads), 0)
 
@@ -327,12 +351,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"Machine: {m.get('gpu') or 'no GPU'}, {m.get('cpu_cores')} cores, DALI {m.get('dali')}; "
              f"windows of {result['length']} frames resized to {result['size'][0]}x{result['size'][1]}; "
              f"NVDEC engines {result['nvdec_engines']}." + (" DRY RUN on the CPU: no speed is claimed." if result["dry_run"] else ""),
-             "", "| reader | device | pipelines | mode | GOP | windows | windows/s | frames/s | build s/row | NVDEC % mean/max | error |",
+             "", "| reader | device | pipelines | mode | GOP | windows returned/asked | windows/s | frames/s | build s/row | NVDEC % mean/max | error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         def f(x: Any, fmt: str = "{:.1f}") -> str:
             return "-" if x is None else fmt.format(x)
-        lines.append(f"| {r['reader']} | {r['device']} | {r['pipelines']} | {r['mode']} | {r['gop']} | {r.get('windows', '-')} | "
+        lines.append(f"| {r['reader']} | {r['device']} | {r['pipelines']} | {r['mode']} | {r['gop']} | {r.get('returned_windows', '-')}/{r.get('windows', '-')} | "
                      f"{f(r.get('windows_per_s'))} | {f(r.get('frames_per_s'), '{:.0f}')} | "
                      f"{f(r.get('build_seconds_per_row'), '{:.4f}')} | {f(r.get('nvdec_util_mean'))}/{f(r.get('nvdec_util_max'))} | "
                      f"{r.get('error') or ''} |")

@@ -254,8 +254,23 @@ def test_kernel_script_quick(tmp_path):
                           str(tmp_path)], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert res.returncode == 0, res.stderr
-    row = json.loads((tmp_path / "kernel-cpu-quick.json").read_text())["rows"][0]
-    assert row["GBps"] > 0 and row["copy_GBps"] > 0
+    result = json.loads((tmp_path / "kernel-cpu-quick.json").read_text())
+    st, (row,) = result["settings"], result["rows"]
+    assert (st["batch"], st["T"], st["H"], st["W"], st["C"], st["dtype"]) == (4, 8, 32, 32, 3, "float16")
+    # traffic: the float16 output (N*T*H*W*C*2 bytes) plus every source frame a term reads (H*W*C bytes each),
+    # counted from the recipes of the plans the script draws (64 videos of 300 frames, tau 4, seed 0)
+    from bsp_dali.data.index import DatasetIndex
+
+    index = DatasetIndex.from_lists([f"v{i}.mp4" for i in range(64)], [f"c{i % 8}" for i in range(64)], [300] * 64)
+    plans = Planner(index, SynthesisConfig(tau=4), seed=0).plan_many(range(4))
+    terms = sum(len(frame_terms) for p in plans for frame_terms in p.recipe)
+    frame_bytes = 32 * 32 * 3
+    assert 4 * 8 <= terms <= 2 * 4 * 8  # one or two source frames per output frame
+    assert row["traffic_bytes"] == 4 * 8 * frame_bytes * 2 + terms * frame_bytes
+    assert row["seconds"] > 0 and row["GBps"] == pytest.approx(row["traffic_bytes"] / row["seconds"] / 1e9, rel=1e-12)
+    assert row["fraction_of_copy"] == pytest.approx(row["GBps"] / row["copy_GBps"], rel=1e-12)
+    md = (tmp_path / "kernel-cpu-quick.md").read_text()
+    assert f"| {row['seconds'] * 1e3:.3f} | {row['GBps']:.2f} | {row['copy_GBps']:.2f} |" in md
 
 
 def test_goal_evaluation_compares_the_transcoded_copy():

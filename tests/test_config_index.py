@@ -36,8 +36,22 @@ def test_impossible_settings_are_refused_with_the_value(kwargs, match):
         SynthesisConfig(**kwargs)
 
 
-def test_settings_only_matter_for_enabled_types():
-    SynthesisConfig(types=("same_speed",), gammas=(), eps_range=(9, 9))
+@pytest.mark.parametrize("setting, value, needed_by, match", [
+    ("eps_range", (9, 9), "diff_class", r"eps_range \(\(9, 9\)\)"),
+    ("gammas", (), "diff_speed", "gammas is empty but diff_speed is enabled"),
+    ("gammas", (1.0,), "diff_speed", r"gamma \(1.0\)"),
+    ("t_range", (0, 3), "diff_speed", r"t_range \(\(0, 3\)\)"),
+])
+def test_settings_only_matter_for_enabled_types(setting, value, needed_by, match):
+    """A setting that only one boundary type uses is not checked while that type is off, and is
+    refused, naming it and its value, as soon as the type is on."""
+    others = [t.key for t in BoundaryType if t.key != needed_by]
+    cfg = SynthesisConfig(types=others, **{setting: value})
+    assert getattr(cfg, setting) == value and needed_by not in [t.key for t in cfg.types]
+    with pytest.raises(ValueError, match=match):
+        SynthesisConfig(types=(needed_by,), **{setting: value})
+    with pytest.raises(ValueError, match=match):
+        SynthesisConfig(types=(*others, needed_by), **{setting: value})
 
 
 def test_binary_task_is_one_setting_away_and_round_trips():

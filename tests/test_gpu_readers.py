@@ -32,6 +32,7 @@ def test_gpu_file_list_reader_windows_match_ffmpeg_frame_by_frame(indexed_h264, 
     units = _units(indexed_h264)
     reader = DaliFileListReader(indexed_h264, kind, "gpu", UNITS_L, (64, 96), max_batch=4)
     out = reader.read_windows(units)
+    assert len(out) == len(units) == 6
     for u, stack in zip(units, out):
         assert type(stack).__module__.startswith("cupy")
         host = stack.get()
@@ -53,7 +54,11 @@ def test_several_pipelines_give_the_clips_of_one(indexed_h264):
     many = BSPIterator(indexed_h264, pipelines=7, decode_ahead=1, **kw)
     one = BSPIterator(indexed_h264, pipelines=1, decode_ahead=2, **kw)
     assert many.stage.pipelines == 7 and "fn.readers.video" in many.decoder_description
-    for a, b in zip(many.iter_raw(), one.iter_raw()):
+    pairs = list(zip(many.iter_raw(), one.iter_raw()))
+    # 16 samples in batches of 4: both streams give 4 batches of 4 clips, none missing
+    assert len(pairs) == len(many) == len(one) == 4
+    for a, b in pairs:
+        assert len(a.plans) == len(b.plans) == 4 and a.video.shape[0] == 4
         assert [p.index for p in a.plans] == [p.index for p in b.plans]
         assert bool((a.video == b.video).all())
     assert nvdec_engines(0) >= 1

@@ -112,18 +112,49 @@ def test_action_mode_yields_each_video_once_with_its_class(indexed_h264):
     assert sorted(got) == sorted(v.path for v in indexed_h264.videos) and len(got) == n
 
 
-def test_vp9_through_dali_cpu_and_h264_through_pyav(indexed_vp9, indexed_h264):
+@pytest.fixture(scope="module")
+def indexed_mixed(tmp_path_factory, kinetics_h264, kinetics_vp9):
+    """One index of both folders: H.264 .mp4 and VP9 .webm files side by side in each class."""
+    root = tmp_path_factory.mktemp("mixed")
+    for src in (kinetics_h264, kinetics_vp9):
+        shutil.copytree(src, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("bsp-dali-manifest*"))
+    return index_data(root, min_frames=8, workers=1).index
+
+
+def test_vp9_through_dali_cpu_and_h264_through_pyav(indexed_mixed):
+    """One iterator over a mixed index: its VP9 windows go to DALI's CPU reader, its H.264
+    windows to PyAV, and every output frame matches an all-PyAV reference decode of the same plans."""
     pytest.importorskip("nvidia.dali")
-    it = make(indexed_vp9, batch_size=3, epoch_size=6, return_recipes=True)
+    index = indexed_mixed
+    assert {v.codec for v in index.videos} == {"h264", "vp9"}
+    it = make(index, batch_size=3, epoch_size=12)
     assert it.decoder == "dali"
-    ref = make(indexed_vp9, batch_size=3, epoch_size=6, decoder="pyav")
-    pairs = list(zip(it, ref))
-    assert len(pairs) == len(it) == 2
+    ref = make(index, batch_size=3, epoch_size=12, decoder="pyav")
+    pairs = list(zip(it.iter_raw(), ref.iter_raw()))
+    assert len(pairs) == len(it) == len(ref) == 4
+    std = np.array(DEFAULT_STD)[:, None, None, None]  # (C, T, H, W): normalized values back to pixel levels
+    routes, vp9_frames = set(), 0
     for a, b in pairs:
-        assert a["video"].shape == b["video"].shape
-        # same plans, two decoders and two resamplers: close, not equal
-        diff = (a["video"] - b["video"]).abs() * 58.0  # back to pixel levels, roughly
-        assert diff.mean() < 6.0
+        assert [p.index for p in a.plans] == [p.index for p in b.plans]
+        assert a.video.shape == b.video.shape == (3, 3, 8, 32, 48)  # NCTHW
+        routes |= {(index.videos[u.video].codec, it.stage.route(u)) for u in a.windows.units}
+        for n, plan in enumerate(a.plans):
+            diff = np.abs(a.video[n].astype(np.float64) - b.video[n]) * std  # (C, T, H, W)
+            codecs = [index.videos[s.video].codec for s in plan.sources]
+            for t, terms in enumerate(plan.recipe):
+                err = diff[:, t].mean()
+                if all(codecs[slot] == "h264" for slot, _, w in terms if w > 0):
+                    # only H.264 in this frame: PyAV in both iterators, the same pixels
+                    assert diff[:, t].max() < 1e-3, (plan.index, t, codecs)
+                else:
+                    # VP9 content: DALI's decode and resize against PyAV's, close, not equal
+                    vp9_frames += 1
+                    assert err < 3.0, (plan.index, t, codecs, err)
+    # both routes were taken in the same epoch, and VP9 reached the output
+    assert routes == {("vp9", "fixed"), ("h264", "cpu")}
+    assert vp9_frames >= 8
+    it.close()
+    ref.close()
 
 
 @pytest.mark.parametrize("cpu_workers", ["processes", "threads"])

@@ -27,6 +27,7 @@ def test_file_list_reader_gives_the_same_clips_whatever_the_batching_and_resume_
     a = make(indexed_vp9, batch_size=2, epoch_size=8, seed=3, pipelines=2, decode_ahead=2, return_recipes=True)
     assert "fn.experimental.readers.video" in a.decoder_description
     whole = list(a)
+    assert len(whole) == 4 and all(x["video"].shape[0] == 2 for x in whole)
     # other batch size, one pipeline: other windows (dedupe differs), the same pixels
     b = make(indexed_vp9, batch_size=4, epoch_size=8, seed=3)
     assert torch.equal(torch.cat([x["video"] for x in whole]), torch.cat([x["video"] for x in b]))
@@ -54,9 +55,11 @@ def test_shared_windows_decode_fewer_frames_and_render_the_recipes(indexed_vp9):
     for share in (1, 4):
         it = make(indexed_vp9, share=share, **kw)
         ref = make(indexed_vp9, share=share, dali_reader="decoder", **kw)  # planned frames only
-        raws = list(it.iter_raw())
+        raws, refs = list(it.iter_raw()), list(ref.iter_raw())
+        assert len(raws) == len(refs) == 2  # 8 samples in batches of 4
         frames[share] = sum(r.windows.decoded_frames for r in raws)
-        for r, q in zip(raws, ref.iter_raw()):
+        for r, q in zip(raws, refs):
+            assert len(r.plans) == len(q.plans) == 4
             assert [p.to_json() for p in r.plans] == [p.to_json() for p in q.plans]
             assert np.array_equal(r.video, q.video)
         it.close()

@@ -21,11 +21,34 @@ def test_probe_help_and_dry_run(tmp_path):
                          text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "nvdec-probe-cpu-dry-run.json").read_text())
-    assert result["dry_run"] and len(result["rows"]) == 6
+    assert result["dry_run"] and result["length"] == 8 and len(result["rows"]) == 6
     for row in result["rows"]:
         assert row["error"] is None, row
-        assert row["windows_per_s"] > 0 and row["frames_per_s"] == pytest.approx(8 * row["windows_per_s"])
-    assert "DRY RUN" in (tmp_path / "out" / "nvdec-probe-cpu-dry-run.md").read_text()
+        # every window asked for came back, with its 8 frames: counted from the readers' outputs
+        assert row["returned_windows"] == row["windows"] == 12, row
+        assert row["returned_frames"] == 8 * 12, row
+        assert row["windows_per_s"] == pytest.approx(row["returned_windows"] / row["seconds"])
+        assert row["frames_per_s"] == pytest.approx(row["returned_frames"] / row["seconds"])
+    md = (tmp_path / "out" / "nvdec-probe-cpu-dry-run.md").read_text()
+    assert "DRY RUN" in md and md.count("| 12/12 |") == 6
+
+
+def test_probe_rates_count_what_came_back():
+    """A reader that skips a window or returns a short one lowers the rates and names the gap."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from nvdec_probe import rates, returned
+
+    from bsp_dali.data.index import BadVideo
+
+    outputs = [np.zeros((8, 4, 4, 3)), BadVideo("a.mp4", "broken"), np.zeros((7, 4, 4, 3)), np.zeros((8, 4, 4, 3))]
+    assert returned(outputs, 8) == (2, 23)
+    row = rates(4, *returned(outputs, 8), 2.0, [])
+    assert row["windows_per_s"] == 1.0 and row["frames_per_s"] == 11.5
+    assert row["error"] == "the readers returned 2 of 4 windows"
+    assert rates(4, 4, 32, 2.0, [])["error"] is None
+    assert rates(4, 0, 0, 2.0, ["RuntimeError: x"])["error"] == "RuntimeError: x"
 
 
 def test_nvdec_engine_table():

@@ -47,7 +47,7 @@ def test_stage_decodes_the_units_of_a_batch_and_their_tables(tmp_path):
     stage, index = demo_stage(reader, num_threads=1)
     batch = stage.decode(0, [0, 1, 2, 3, 4, 5])
     assert [p.index for p in batch.plans] == [0, 1, 2, 3, 4, 5] and stage.route(batch.windows.units[0]) == "cpu"
-    assert len(reader.calls) == len(batch.windows.units)  # one read per unit, one pass per window
+    assert len(reader.calls) == len(batch.windows.units) == len(batch.stacks) > 0  # one read per unit and window
     for unit, stack, (_, frames) in zip(batch.windows.units, batch.stacks, reader.calls):
         assert frames == tuple(unit.frames)
         raw = DemoReader(32, 32).read(index.videos[unit.video], unit.frames)
@@ -118,7 +118,7 @@ def test_dali_file_list_windows_match_ffmpeg_frame_by_frame(indexed_vp9, kinetic
     lines = file_list_lines(indexed_vp9, units, L, 3)
     assert len(lines) == 9 and lines[7].split()[1:] == ["7", "11", "20"] and lines[8].split()[1:] == ["8", "11", "20"]
     out = reader.read_windows(units)
-    assert reader.builds == 1
+    assert reader.builds == 1 and len(out) == len(units) == 7
     for u, stack in zip(units, out):
         assert stack.shape == (L, 64, 96, 3) and stack.dtype == np.uint8
         if u.crop != FULL_BOX:
@@ -131,7 +131,8 @@ def test_dali_file_list_windows_match_ffmpeg_frame_by_frame(indexed_vp9, kinetic
             assert np.abs(stack[f].astype(int) - want[f]).mean() < 4.0, (u, f)
     assert np.array_equal(out[3], out[0][:, :, ::-1])
     # the same units again: the same pixels (deterministic)
-    assert all(np.array_equal(a, b) for a, b in zip(out, reader.read_windows(units)))
+    again = reader.read_windows(units)
+    assert len(again) == 7 and all(np.array_equal(a, b) for a, b in zip(out, again))
     with pytest.raises(ValueError, match="length"):
         reader.read_windows([DecodeUnit(0, 0, L + 1, FULL_BOX, False)])
 
@@ -151,6 +152,7 @@ def test_dali_reader_blames_exactly_the_broken_files(broken_vp9):
     L = 8
     units = [DecodeUnit(v, 30 if v == 4 else 2, L, FULL_BOX, False) for v in (0, 1, 2, 4, 5, 3)]
     out = DaliFileListReader(index, "experimental", "cpu", L, (32, 48), max_batch=4).read_windows(units)
+    assert len(out) == len(units) == 6
     bad = {u.video for u, r in zip(units, out) if isinstance(r, BadVideo)}
     assert bad == {1, 4}
     for u, r in zip(units, out):
@@ -190,8 +192,11 @@ def test_chunked_pipelines_give_the_synchronous_batches(indexed_vp9):
     sync = dali_stage(indexed_vp9, pipelines=1, ahead=1)
     ahead = dali_stage(indexed_vp9, pipelines=2, ahead=3)
     batches = [list(range(b * 3, b * 3 + 3)) for b in range(5)]
-    for a, b in zip(sync.stream(0, batches), ahead.stream(0, batches)):
+    pairs = list(zip(sync.stream(0, batches), ahead.stream(0, batches)))
+    assert len(pairs) == 5 and [[p.index for p in a.plans] for a, _ in pairs] == batches
+    for a, b in pairs:
         assert a.plans == b.plans and a.windows == b.windows
+        assert len(a.stacks) == len(b.stacks) == len(a.windows.units) > 0
         assert all(np.array_equal(x, y) for x, y in zip(a.stacks, b.stacks))
     assert len(ahead._pool.readers) == 2 and sum(r.builds for r in ahead._pool.readers) == 2
     sync.close()
@@ -263,6 +268,7 @@ def test_a_path_with_a_space_goes_to_the_per_source_decoder(tmp_path, kinetics_v
     stage = dali_stage(index, SynthesisConfig(types=("same_speed",)))
     batch = stage.decode(0, [0, 1])
     assert {stage.route(u) for u in batch.windows.units} == {"variable"}
+    assert len(batch.stacks) == len(batch.windows.units) > 0
     for u, s in zip(batch.windows.units, batch.stacks):
         assert s.shape[0] == u.length
     stage.close()
@@ -285,6 +291,7 @@ def test_videos_shorter_than_the_fixed_length_are_decoded_not_excluded(indexed_v
     seen = set()
     for b in range(6):
         batch = stage.decode(0, list(range(b * 4, b * 4 + 4)))
+        assert len(batch.stacks) == len(batch.windows.units) > 0
         for u, s in zip(batch.windows.units, batch.stacks):
             route = stage.route(u)
             assert route == ("variable" if u.video == 2 else "fixed")
@@ -330,8 +337,10 @@ def test_worker_processes_replace_samples_of_broken_files_like_threads(broken_h2
         planned = broken & {s.path for i in range(24) for s in clean.plan(i, 0).sources}
         assert planned and sorted(p for p, _ in procs.failures) == sorted(planned)
         assert procs.failures == threads.failures
+        assert len(got) == len(ref) == 6
         for a, b in zip(got, ref):  # the same replacements, windows and pixels either way
             assert a.plans == b.plans and a.windows == b.windows
+            assert len(a.stacks) == len(b.stacks) == len(a.windows.units) > 0
             assert all(np.array_equal(x, y) for x, y in zip(a.stacks, b.stacks))
             for p in a.plans:
                 if not {s.path for s in clean.plan(p.index, 0).sources} & broken:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,11 @@ def test_bsp_training_writes_checkpoints_metrics_and_summary(bsp_run):
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 9))
+    # the documented lr: 0.01 per 64 clips (batch 2: 0.01 * 2 / 64), 1 epoch (4 steps) of linear warm-up, then
+    # cosine to 0 over the other 4 steps; "lr" at step k is the rate after k steps (the one step k + 1 uses)
+    c = 0.5 ** 0.5
+    factors = [2 / 4, 3 / 4, 1.0, 1.0, 0.5 * (1 + c), 0.5, 0.5 * (1 - c), 0.0]
+    assert [r["lr"] for r in steps] == pytest.approx([0.01 * 2 / 64 * f for f in factors], abs=1e-12)
     for r in steps:  # one step per logging interval: its figures follow from its own timings
         assert r["interval_steps"] == 1 and r["interval_s"] > 0
         assert r["clips_per_s"] == pytest.approx(2 / r["interval_s"])  # batch 2 over the wall interval
@@ -150,6 +156,9 @@ def test_two_cpu_processes_over_gloo_agree_on_the_weights(tmp_path, data, cfg_fi
     fps = summary["weight_fingerprints"]
     assert len(fps) == 2 and fps[0] == fps[1]
     assert summary["step"] == 2  # 8 clips / (2 ranks x 2 clips)
+    # the lr scales with the global batch (2 ranks x 2 clips), not a rank's: 0.01 * 4 / 64 once warmed up
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert lrs == pytest.approx([0.01 * 4 / 64] * 2, abs=1e-12)
 
 
 @pytest.mark.parametrize("task", ["action", "regression", "two-head"])
@@ -207,6 +216,36 @@ def test_two_process_run_killed_as_a_group_resumes_to_the_same_weights(tmp_path,
     assert summary["weight_fingerprints"] == ref["weight_fingerprints"]
 
 
+# docs/training.md, "Defaults": "1 epoch linear warm-up, then cosine to 0 (--schedule step: ÷10 at
+# epochs 20 and 25)". Known factors at 10 steps per epoch, 30 epochs (300 steps), by hand.
+SCHEDULE_POINTS = [
+    # (schedule, warm-up epochs, step, factor)
+    ("cosine", 1.0, 0, 0.1), ("cosine", 1.0, 4, 0.5), ("cosine", 1.0, 9, 1.0),  # linear warm-up: (step+1)/10
+    ("cosine", 1.0, 10, 1.0),  # the end of the warm-up
+    ("cosine", 1.0, 155, 0.5),  # half way through the 290 steps after it: cos(pi/2)
+    ("cosine", 1.0, 82.5, 0.5 * (1 + 0.5 ** 0.5)),  # a quarter of the way: cos(pi/4)
+    ("cosine", 1.0, 300, 0.0), ("cosine", 1.0, 400, 0.0),  # 0 at the end, and after it
+    ("cosine", 0.0, 0, 1.0), ("cosine", 0.0, 150, 0.5),  # no warm-up
+    ("step", 1.0, 0, 0.1), ("step", 1.0, 9, 1.0),  # the warm-up applies to "step" as well
+    ("step", 1.0, 10, 1.0), ("step", 1.0, 199, 1.0),  # epoch 19: the base rate
+    ("step", 1.0, 200, 0.1), ("step", 1.0, 249, 0.1),  # epochs 20-24: ÷10
+    ("step", 1.0, 250, 0.01), ("step", 1.0, 299, 0.01),  # epoch 25 on: ÷100
+    ("step", 0.0, 0, 1.0), ("step", 0.0, 200, 0.1),
+    ("cosine", 2.5, 0, 1 / 25), ("cosine", 2.5, 12, 13 / 25), ("cosine", 2.5, 24, 1.0),  # fractional warm-up
+    ("cosine", 2.5, 25 + 275 / 2, 0.5),
+]
+
+
+@pytest.mark.parametrize("schedule, warm, step, factor", SCHEDULE_POINTS)
+def test_learning_rate_factor_at_known_steps(schedule, warm, step, factor):
+    from bsp_dali.train.config import TrainConfig
+    from bsp_dali.train.loop import lr_factor
+
+    cfg = TrainConfig(warmup_epochs=warm, schedule=schedule, epochs=30)
+    assert cfg.lr_steps == (20, 25)  # the documented default
+    assert lr_factor(cfg, step, 10) == pytest.approx(factor, abs=1e-9)
+
+
 def test_learning_rate_schedule_never_exceeds_the_base_rate():
     from bsp_dali.train.config import TrainConfig
     from bsp_dali.train.loop import lr_factor
@@ -216,8 +255,14 @@ def test_learning_rate_schedule_never_exceeds_the_base_rate():
             cfg = TrainConfig(warmup_epochs=warm, schedule=sched, epochs=30)
             f = [lr_factor(cfg, s, 7) for s in range(30 * 7)]
             assert max(f) <= 1.0 and min(f) >= 0.0
+            assert f[-1] < 1e-3 if sched == "cosine" else f[-1] == pytest.approx(0.01)
             if warm:
-                assert f[0] < f[int(warm * 7) - 1] <= 1.0
+                # linear warm-up: rising in equal steps to the base rate
+                w = int(warm * 7)
+                assert np.allclose(np.diff(f[:w]), 1 / (warm * 7)) and f[w] == 1.0
+    # other step epochs move the ÷10 points
+    cfg = TrainConfig(warmup_epochs=0, schedule="step", epochs=30, lr_steps=(3,))
+    assert [lr_factor(cfg, s, 10) for s in (29, 30, 299)] == [1.0, pytest.approx(0.1), pytest.approx(0.1)]
 
 
 def test_a_run_resumed_past_max_steps_takes_no_step(tmp_path, bsp_run, data, cfg_file):
