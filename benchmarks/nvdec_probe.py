@@ -399,6 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"tag": tag, "dry_run": dry, "length": args.length, "size": list(size),
                               "nvdec_engines": None if dry else nvdec_engines(args.device_id), "machine": machine,
                               "rows": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every row: a probe killed at its time limit keeps what it measured
+        result["seconds"] = time.perf_counter() - t_start
+        (out / f"nvdec-probe-{tag}.json").write_text(json.dumps(result, indent=1))
+        (out / f"nvdec-probe-{tag}.md").write_text(markdown(result))
+
     for spec in plan_rows(dry, args.threads):
         if time.perf_counter() - t_start > args.budget:
             result["rows"].append({**spec, "error": "skipped: time budget spent"})
@@ -410,11 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
         result["rows"].append({**spec, **res})
         print("   ", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}, flush=True)
-    result["seconds"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"nvdec-probe-{tag}.json").write_text(json.dumps(result, indent=1))
-    (out / f"nvdec-probe-{tag}.md").write_text(markdown(result))
+        write()
+    write()
     print(f"wrote {out / f'nvdec-probe-{tag}.md'} in {result['seconds']:.0f} s")
     return 0
 
