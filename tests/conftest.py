@@ -11,8 +11,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # ---------------------------------------------------------------------------------- the command line
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a ``python -m bsp_dali`` child: this checkout first on its path."""
-    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    """The environment of a ``python -m bsp_dali`` child: this checkout first on its path, then
+    whatever the parent had there (packages unpacked beside the system's, as on the GPU machine)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def cli_command(*args) -> list[str]:
