@@ -526,12 +526,12 @@ def transcode_dataset(source: DatasetIndex | str | os.PathLike, dst: str | os.Pa
             raise TranscodeError(str(e)) from None
         layout = "csv" if annotations is not None else "list" if list_file is not None else "folder"
     _check_roots(root, dst_p)
+    encoder, note = resolve_encoder(settings.encoder)
+    log.info("%s", note)
     try:
         ensure_writable_dir(dst_p, "DST")  # created, and checked before any video is read
     except UnwritablePath as e:
         raise TranscodeError(str(e)) from None
-    encoder, note = resolve_encoder(settings.encoder)
-    log.info("%s", note)
 
     results: list[VideoResult] = []
     jobs: list[tuple[int, str, str]] = []  # (result index, source file, output file)
