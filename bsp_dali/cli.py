@@ -207,6 +207,7 @@ def index(
     exit status is non-zero only when nothing usable is left. Re-running skips files that did not
     change (a --probe decode run re-probes files an earlier run read by packets only).
     """
+    from .data.index import ensure_writable_file
     from .data.ingest import MANIFEST_NAME, IngestError, index_data
     from .plan.planner import min_frames_needed
 
@@ -219,6 +220,9 @@ def index(
         if probe not in ("packets", "decode"):
             raise UserError(f"--probe must be packets or decode, got {probe!r}")
         manifest = out or (data_root / MANIFEST_NAME)
+        report_path = report or manifest.with_name(manifest.name.replace(".json", "") + ".report.json")
+        ensure_writable_file(manifest, "--out" if out else "manifest")  # before any file is probed
+        ensure_writable_file(report_path, "--report")
         with _progress(f"probing ({probe})") as bar:
             task = bar.add_task("probe", total=None)
             rep = index_data(data_root, annotations=annotations, list_file=list_file, split=split,
@@ -228,7 +232,7 @@ def index(
     except (UserError, IngestError, ValueError) as e:
         _fail(str(e))
         return
-    report_path = report or manifest.with_name(manifest.name.replace(".json", "") + ".report.json")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(rep.to_json(), indent=1))
     idx = rep.index
     out_console.print(f"{len(idx)} usable videos in {len(idx.classes)} classes "
@@ -658,7 +662,11 @@ def inspect_cmd(
             T = cfg0["model"]["num_frames"] if cfg0 else 8
             encs.append(("untrained", create_encoder(arch, T)))
         if split == "val" and cfg0 is not None:
+            n_all = len(index)
             _, index = split_train_val(index, cfg0.get("val_fraction", 0.05), cfg0.get("seed", 0))
+            if len(index) == 0:
+                raise UserError(f"none of the {n_all} videos of {data} is held out by the checkpoint's split "
+                                f"(val_fraction {cfg0.get('val_fraction', 0.05)}); use --split all to inspect them all")
         sz = size or (cfg0.get("size", 64) if cfg0 else 64)
         result = run_inspect(index, encs, out, pairs=pairs, seed=seed, size=sz, device=dev)
     except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,6 +30,64 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:  # a video or other binary file
+        raise ValueError(f"{what} {path} is not valid JSON: it is not text") from None
+
+
+class UnwritablePath(ValueError):
+    """An output path that cannot be written (named with the option and the reason): raised by
+    :func:`ensure_writable_dir` / :func:`ensure_writable_file` before a command does any work."""
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the output folder ``path`` (and its parents) if needed and check that a file can be
+    written in it; returns it as a Path. Raises :class:`UnwritablePath` naming ``what`` (the
+    option, e.g. ``"--out"``), the path and the reason (a parent is a file, read-only, ...)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UnwritablePath(f"{what} {p} cannot be written: it is a file, not a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UnwritablePath(f"{what} {p} cannot be written: {parent} is a file, not a folder")
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnwritablePath(f"{what} {p} cannot be written: cannot create the folder: {_reason(e)}") from None
+    _try_create(p, p, what)
+    return p
+
+
+def _try_create(folder: Path, p: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: UnwritablePath about ``p`` when that fails."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bsp-dali-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UnwritablePath(f"{what} {p} cannot be written: cannot create a file in {folder}: {_reason(e)}") from None
+
+
+def ensure_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, creating nothing, that the output file ``path`` can be written: it is no folder, and
+    a file can be made in its nearest existing folder (missing folders below that are for the
+    writer to create); returns it as a Path. Raises :class:`UnwritablePath` naming ``what``, the
+    path and the reason."""
+    p = Path(path)
+    if p.is_dir():
+        raise UnwritablePath(f"{what} {p} cannot be written: it is a folder")
+    base = next((q for q in p.parents if q.exists()), Path("."))
+    if not base.is_dir():
+        raise UnwritablePath(f"{what} {p} cannot be written: {base} is a file, not a folder")
+    _try_create(base, p, what)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UnwritablePath(f"{what} {p} cannot be written: permission denied")
+    return p
 
 
 class BadVideo(Exception):
@@ -190,6 +249,7 @@ class DatasetIndex:
     def save(self, path: str | Path) -> None:
         """Write the manifest atomically (temporary file, then rename)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
         os.replace(tmp, path)
@@ -204,4 +264,5 @@ class DatasetIndex:
                             excluded=self.excluded)
 
 
-__all__ = ["BadVideo", "DatasetIndex", "VideoInfo", "MANIFEST_VERSION", "read_json"]
+__all__ = ["BadVideo", "DatasetIndex", "UnwritablePath", "VideoInfo", "MANIFEST_VERSION", "ensure_writable_dir",
+           "ensure_writable_file", "read_json"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .index import BadVideo, DatasetIndex, VideoInfo
+from .index import BadVideo, DatasetIndex, VideoInfo, ensure_writable_file, read_json
 from .probe import ProbeMode, probe as probe_file
 
 log = logging.getLogger(__name__)
@@ -303,12 +303,14 @@ def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None
                progress: Callable[[int], None] | None = None,
                probe: ProbeMode | str = ProbeMode.PACKETS) -> IngestReport:
     """Discover, probe (``probe``: by packets or by decoding) and write the manifest (atomically). Raises :class:`IngestError` when the
-    input is unusable as a whole or nothing usable is left; the manifest is written either way
-    when at least one video is usable."""
+    input is unusable as a whole or nothing usable is left, and
+    :class:`~bsp_dali.data.index.UnwritablePath` (before probing) when the manifest cannot be
+    written; the manifest is written either way when at least one video is usable."""
     mode = ProbeMode.parse(probe)
     root_p = Path(root)
     entries = discover(root_p, annotations=annotations, list_file=list_file, split=split)
     manifest_p = Path(manifest) if manifest is not None else root_p / MANIFEST_NAME
+    ensure_writable_file(manifest_p, "manifest")  # before any file is probed
     previous = None
     if manifest_p.is_file():
         try:
@@ -326,19 +328,57 @@ def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None
     return report
 
 
+NOT_A_MANIFEST = "is not a bsp-dali manifest (JSON); give a folder indexed with `bsp-dali index`, or its manifest"
+
+
+def load_manifest(path: str | os.PathLike) -> DatasetIndex:
+    """The index in the manifest file ``path``. Raises :class:`IngestError` naming the file when it
+    is not a bsp-dali manifest (a video, other binary or text, a JSON that is no manifest), and
+    when the root folder it records is gone: then the manifest's own folder is used if its videos
+    are there (the data set was moved with its manifest), else the error says to index again."""
+    p = Path(path)
+    index = _read_manifest(p)
+    if index.root is not None and not Path(index.root).is_dir():
+        here = p.resolve().parent
+        relative = [v.path for v in index.videos if not os.path.isabs(v.path) and "://" not in v.path]
+        if relative and all((here / path).is_file() for path in relative[:20]):
+            log.info("manifest root %s does not exist; using the manifest's folder %s, where its videos are",
+                     index.root, here)
+            index.root = str(here)
+        else:
+            raise IngestError(f"manifest root {index.root} does not exist (folder moved? run bsp-dali index again)")
+    return index
+
+
+def _read_manifest(p: Path) -> DatasetIndex:
+    """The index in the manifest file ``p`` as written (IngestError naming the file otherwise)."""
+    if not p.is_file():
+        raise IngestError(f"{p} does not exist" if not p.exists() else f"{p} {NOT_A_MANIFEST}")
+    try:
+        data = read_json(p, "manifest")
+    except (OSError, ValueError):
+        raise IngestError(f"{p} {NOT_A_MANIFEST}") from None
+    if not isinstance(data, dict) or not {"version", "videos", "classes"} <= set(data):
+        raise IngestError(f"{p} {NOT_A_MANIFEST}")
+    try:
+        return DatasetIndex.from_json(data)
+    except (ValueError, KeyError, TypeError) as e:
+        raise IngestError(f"manifest {p}: {e}") from None
+
+
 def load_data(data: str | os.PathLike) -> DatasetIndex:
-    """A manifest file, or a folder holding ``bsp-dali-manifest.json``."""
+    """A manifest file (see :func:`load_manifest`), or a folder holding ``bsp-dali-manifest.json``."""
     p = Path(data)
     if p.is_dir():
         if not (p / MANIFEST_NAME).is_file():
             raise IngestError(f"{p} has no {MANIFEST_NAME}; run `bsp-dali index {p}` first")
-        index = DatasetIndex.load(p / MANIFEST_NAME)
+        index = _read_manifest(p / MANIFEST_NAME)
         index.root = str(p.resolve())  # the folder wins, so a moved data set keeps working
         return index
     if not p.exists():
         raise IngestError(f"{p} does not exist")
-    return DatasetIndex.load(p)
+    return load_manifest(p)
 
 
 __all__ = ["Entry", "IngestError", "IngestReport", "MANIFEST_NAME", "build_index", "discover", "discover_csv",
-           "discover_folder", "discover_list", "index_data", "load_data"]
+           "discover_folder", "discover_list", "index_data", "load_data", "load_manifest"]

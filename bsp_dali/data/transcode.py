@@ -38,7 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-from .index import DatasetIndex
+from .index import DatasetIndex, UnwritablePath, ensure_writable_dir
 from .ingest import Entry, IngestError, discover
 
 log = logging.getLogger(__name__)
@@ -528,7 +528,10 @@ def transcode_dataset(source: DatasetIndex | str | os.PathLike, dst: str | os.Pa
     _check_roots(root, dst_p)
     encoder, note = resolve_encoder(settings.encoder)
     log.info("%s", note)
-    dst_p.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_writable_dir(dst_p, "DST")  # created, and checked before any video is read
+    except UnwritablePath as e:
+        raise TranscodeError(str(e)) from None
 
     results: list[VideoResult] = []
     jobs: list[tuple[int, str, str]] = []  # (result index, source file, output file)

@@ -35,7 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..data.index import DatasetIndex
-from ..data.ingest import MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data
+from ..data.ingest import (MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data,
+                           load_manifest)
 from ..gpu import autocast as autocast_for
 from ..plan.augment import SpatialConfig, SpatialMode
 from ..plan.config import SynthesisConfig
@@ -92,10 +93,17 @@ def discover_videos(source: str | os.PathLike) -> tuple[Path, list[Entry]]:
             raise IngestError(f"no video files found under {src}")
         return src, entries
     if src.suffix == ".json":
-        index = DatasetIndex.load(src)
+        index = load_manifest(src)  # names a JSON that is no manifest, finds a moved data set
         root = Path(index.root or src.parent)
         return root, [Entry(v.path, "video") for v in index.videos]
-    lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if is_video_name(src.name):  # one video
+        return src.parent, [Entry(src.name, "video")]
+    try:
+        text = src.read_text()
+    except UnicodeDecodeError:
+        raise IngestError(f"{src} is not a list file (text), a video or a bsp-dali manifest (JSON); give a folder "
+                          "of videos, a list file (one path per line) or a manifest") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if lines and all(len(ln.split()) == 1 for ln in lines):  # plain paths
         root = src.parent
         return root, [Entry(ln, "video", missing=not (root / ln).is_file() and not Path(ln).is_file()) for ln in lines]

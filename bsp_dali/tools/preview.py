@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
+from ..data.index import DatasetIndex, ensure_writable_dir
 from ..plan.augment import SpatialConfig
 from ..plan.config import SynthesisConfig
 from ..plan.planner import SamplePlan, plans_summary
@@ -70,12 +70,13 @@ def write_preview(out_dir: str | os.PathLike, index: DatasetIndex, num: int, *,
                   synthesis: SynthesisConfig | None = None, spatial: SpatialConfig | None = None, seed: int = 0,
                   epoch: int = 0, device: str = "cpu", decoder: str = "auto", batch_size: int = 8,
                   gif: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Synthesize samples ``0..num-1`` of ``epoch`` and write the preview files. Returns a summary."""
+    """Synthesize samples ``0..num-1`` of ``epoch`` and write the preview files (``out_dir`` is
+    checked writable first: :class:`~bsp_dali.data.index.UnwritablePath`). Returns a summary."""
     from ..iterator import BSPIterator
 
     if num < 1:
         raise ValueError(f"num ({num}) must be >= 1")
-    out = Path(out_dir)
+    out = ensure_writable_dir(out_dir, "--out")  # before any video is decoded
     (out / "clips").mkdir(parents=True, exist_ok=True)
     it = BSPIterator(index, batch_size=min(batch_size, num), synthesis=synthesis, spatial=spatial, seed=seed,
                      epoch_size=num, device=device, decoder=decoder, dtype="uint8", layout="NTCHW",

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
+from ..data.index import BadVideo, DatasetIndex, ensure_writable_dir
 from ..gpu import autocast as autocast_for
 from ..plan.augment import SpatialConfig, SpatialMode
 from ..plan.config import BoundaryType, SynthesisConfig
@@ -81,22 +81,83 @@ def make_pairs(index: DatasetIndex, T: int, pairs: int, seed: int) -> tuple[list
     return boundary, plain
 
 
+MAX_BAD_VIDEOS = 32  # videos that may fail to decode before inspect gives up
+
+
 def inspect(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], out: str | os.PathLike, *, pairs: int = 200,
             seed: int = 0, size: int = 64, device: str = "cpu", batch_size: int = 16) -> dict[str, Any]:
     """Separability of each (name, encoder) on ``data``; writes ``separability.png`` and
-    ``separability.json`` into ``out``."""
+    ``separability.json`` into ``out`` (checked writable before any work).
+
+    A video that fails to decode (it changed after indexing) is excluded with a warning naming it
+    and its reason, and the pairs are drawn again from the videos left (as training and ``preview``
+    do); a :class:`ValueError` says so when too few usable videos remain. Encoder names must be
+    unique."""
+    import torch
+
+    names = [name for name, _ in encoders]
+    if not encoders:
+        raise ValueError("give at least one encoder")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"encoder name {dup[0]!r} is given more than once; name them apart (NAME=PATH)")
+    out = ensure_writable_dir(out, "--out")
+    T = encoders[0][1].config.num_frames
+    if any(e.config.num_frames != T for _, e in encoders):
+        raise ValueError("all encoders must take clips of the same length")
+    if len(data) == 0:
+        raise ValueError("the data set has no videos to inspect")
+    tdev = torch.device("cuda" if device == "gpu" else "cpu")
+    banned: dict[str, str] = {}  # path (as in the index) -> reason
+    while True:
+        usable = data.subset([i for i, v in enumerate(data.videos) if v.path not in banned])
+        try:
+            if len(usable) == 0:
+                raise ValueError("no video is left")
+            boundary, plain = make_pairs(usable, T, pairs, seed)
+        except ValueError as e:
+            if not banned:
+                raise
+            raise ValueError(f"too few usable videos for inspect after excluding {len(banned)} that failed to "
+                             f"decode ({', '.join(sorted(banned))}): {e}") from None
+        try:
+            result, diffs = _score(usable, encoders, boundary, plain, T, seed, size, device, tdev, batch_size)
+            break
+        except BadVideo as e:
+            path = _index_path(usable, e.path)
+            if path is None or path in banned:
+                raise ValueError(f"inspect: {e}") from None
+            log.warning("excluding %s from inspect: %s", usable.resolve(path), e.reason)
+            banned[path] = e.reason
+            if len(banned) > MAX_BAD_VIDEOS:
+                raise ValueError(f"{len(banned)} videos failed to decode (more than {MAX_BAD_VIDEOS}); "
+                                 f"first: {next(iter(banned))}: {next(iter(banned.values()))}") from None
+    result["excluded"] = [{"path": p, "reason": r} for p, r in banned.items()]
+    (out / "separability.json").write_text(json.dumps(result, indent=1))
+    _plot(diffs, result, out / "separability.png")
+    return result
+
+
+def _index_path(index: DatasetIndex, failed: str) -> str | None:
+    """The index's path of the video a :class:`BadVideo` names (readers give the resolved path)."""
+    for v in index.videos:
+        if failed in (v.path, index.resolve(v.path)):
+            return v.path
+    return None
+
+
+def _score(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], boundary: list[tuple[SamplePlan, SamplePlan]],
+           plain: list[tuple[SamplePlan, SamplePlan]], T: int, seed: int, size: int, device: str, tdev: Any,
+           batch_size: int) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(result, per-pair mean differences) of every encoder on the pairs; raises :class:`BadVideo`
+    for a file that fails to decode."""
     import torch
 
     from ..iterator import BSPIterator
 
-    T = encoders[0][1].config.num_frames
-    if any(e.config.num_frames != T for _, e in encoders):
-        raise ValueError("all encoders must take clips of the same length")
-    boundary, plain = make_pairs(data, T, pairs, seed)
     renderer = BSPIterator(data, batch_size=1, synthesis=SynthesisConfig(tau=1, types=("same_speed",)),
                            spatial=SpatialConfig(size=(size, size), mode=SpatialMode.RESIZE), device=device,
                            epoch_size=1)
-    tdev = torch.device("cuda" if device == "gpu" else "cpu")
     autocast = autocast_for(device)
 
     def features(plans: list[SamplePlan], enc: Any) -> np.ndarray:
@@ -129,11 +190,7 @@ def inspect(data: DatasetIndex, encoders: Sequence[tuple[str, Any]], out: str | 
             diffs[name] = (per_kind[0].mean(1), per_kind[1].mean(1))
     finally:
         renderer.close()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "separability.json").write_text(json.dumps(result, indent=1))
-    _plot(diffs, result, out / "separability.png")
-    return result
+    return result, diffs
 
 
 def _plot(diffs: dict[str, tuple[np.ndarray, np.ndarray]], result: dict[str, Any], path: Path) -> None:
