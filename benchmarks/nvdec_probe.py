@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from bsp_dali.data.index import DatasetIndex  # noqa: E402
 from bsp_dali.decode.windows import DecodeUnit  # noqa: E402
+from bsp_dali.measure import UtilSampler, nvml_sampler  # noqa: E402
 from bsp_dali.plan.augment import FULL_BOX  # noqa: E402
 
 
@@ -80,35 +81,17 @@ def random_windows(index: DatasetIndex, n: int, length: int, seed: int = 0) -> l
 
 
 # ---------------------------------------------------------------------------------- measuring
-class UtilSampler:
-    """NVDEC utilization every 100 ms through NVML while a row runs."""
+def util_sampler(device_id: int = 0) -> UtilSampler:
+    """NVDEC (and GPU-busy) utilization every 100 ms through NVML while a row runs, with
+    ``bsp_dali.measure``'s sampler; it samples nothing where NVML is missing (the dry run)."""
+    return UtilSampler(nvml_sampler(device_id) or dict, interval=0.1)
 
-    def __init__(self, device_id: int = 0):
-        from bsp_dali.decode.nvdec import DecoderUtilization
 
-        self.util = DecoderUtilization(device_id)
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            s = self.util.sample()
-            if s is not None:
-                self.samples.append(s)
-
-    def __enter__(self) -> "UtilSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join()
-
-    def summary(self) -> dict[str, Any]:
-        if not self.samples:
-            return {"nvdec_util_mean": None, "nvdec_util_max": None}
-        return {"nvdec_util_mean": float(np.mean(self.samples)), "nvdec_util_max": float(np.max(self.samples))}
+def util_columns(util: UtilSampler) -> dict[str, Any]:
+    """A row's utilization columns (None without samples); a sampling error stays apart from the row's."""
+    s = util.summary()
+    return {"nvdec_util_mean": s.get("nvdec_mean"), "nvdec_util_max": s.get("nvdec_max"),
+            "gpu_util_mean": s.get("gpu_mean"), "util_error": s.get("error")}
 
 
 def split(units: Sequence[DecodeUnit], parts: int) -> list[list[DecodeUnit]]:
@@ -126,7 +109,7 @@ def timed_threads(work: Callable[[list[DecodeUnit]], Any], chunks: list[list[Dec
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
 
     threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
-    with UtilSampler(device_id) as util:
+    with util_sampler(device_id) as util:
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -136,7 +119,7 @@ def timed_threads(work: Callable[[list[DecodeUnit]], Any], chunks: list[list[Dec
     n = sum(len(c) for c in chunks)
     frames = sum(u.length for c in chunks for u in c)
     return {"windows": n, "seconds": wall, "windows_per_s": n / wall, "frames_per_s": frames / wall,
-            "error": errors[0] if errors else None, **util.summary()}
+            "error": errors[0] if errors else None, **util_columns(util)}
 
 
 def _sync_gpu(device: str) -> None:
@@ -213,7 +196,7 @@ def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str
     for p in procs:
         p.start()
     time.sleep(2.0)  # let the processes import DALI before the clock starts (builds are timed)
-    with UtilSampler(device_id) as util:
+    with util_sampler(device_id) as util:
         t0 = time.perf_counter()
         start.set()
         ends = []
@@ -228,7 +211,7 @@ def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str
     err = None if len(ends) == len(procs) else f"{len(procs) - len(ends)} processes failed"
     frames = sum(u.length for u in units)
     return {"windows": len(units), "seconds": wall, "windows_per_s": len(units) / wall,
-            "frames_per_s": frames / wall, "error": err, **util.summary()}
+            "frames_per_s": frames / wall, "error": err, **util_columns(util)}
 
 
 def row_pynvc(index: DatasetIndex, units: list[DecodeUnit], threads: int, device_id: int) -> dict:
