@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from bsp_dali.data.index import DatasetIndex  # noqa: E402
 from bsp_dali.decode.windows import DecodeUnit  # noqa: E402
+from bsp_dali.measure import UtilSampler, nvml_sampler  # noqa: E402
 from bsp_dali.plan.augment import FULL_BOX  # noqa: E402
 
 
@@ -81,35 +82,17 @@ def random_windows(index: DatasetIndex, n: int, length: int, seed: int = 0) -> l
 
 
 # ---------------------------------------------------------------------------------- measuring
-class UtilSampler:
-    """NVDEC utilization every 100 ms through NVML while a row runs."""
+def util_sampler(device_id: int = 0) -> UtilSampler:
+    """NVDEC (and GPU-busy) utilization every 100 ms through NVML while a row runs, with
+    ``bsp_dali.measure``'s sampler; it samples nothing where NVML is missing (the dry run)."""
+    return UtilSampler(nvml_sampler(device_id) or dict, interval=0.1)
 
-    def __init__(self, device_id: int = 0):
-        from bsp_dali.decode.nvdec import DecoderUtilization
 
-        self.util = DecoderUtilization(device_id)
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            s = self.util.sample()
-            if s is not None:
-                self.samples.append(s)
-
-    def __enter__(self) -> "UtilSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join()
-
-    def summary(self) -> dict[str, Any]:
-        if not self.samples:
-            return {"nvdec_util_mean": None, "nvdec_util_max": None}
-        return {"nvdec_util_mean": float(np.mean(self.samples)), "nvdec_util_max": float(np.max(self.samples))}
+def util_columns(util: UtilSampler) -> dict[str, Any]:
+    """A row's utilization columns (None without samples); a sampling error stays apart from the row's."""
+    s = util.summary()
+    return {"nvdec_util_mean": s.get("nvdec_mean"), "nvdec_util_max": s.get("nvdec_max"),
+            "gpu_util_mean": s.get("gpu_mean"), "util_error": s.get("error")}
 
 
 def split(units: Sequence[DecodeUnit], parts: int) -> list[list[DecodeUnit]]:
@@ -148,7 +131,7 @@ def timed_threads(work: Callable[[list[DecodeUnit]], tuple[int, int]], chunks: l
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
 
     threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
-    with UtilSampler(device_id) as util:
+    with util_sampler(device_id) as util:
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -156,7 +139,7 @@ def timed_threads(work: Callable[[list[DecodeUnit]], tuple[int, int]], chunks: l
             t.join()
         wall = time.perf_counter() - t0
     requested = sum(len(c) for c in chunks)
-    return {**rates(requested, sum(w for w, _ in got), sum(f for _, f in got), wall, errors), **util.summary()}
+    return {**rates(requested, sum(w for w, _ in got), sum(f for _, f in got), wall, errors), **util_columns(util)}
 
 
 def _sync_gpu(device: str) -> None:
@@ -236,7 +219,7 @@ def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str
     for p in procs:
         p.start()
     time.sleep(2.0)  # let the processes import DALI before the clock starts (builds are timed)
-    with UtilSampler(device_id) as util:
+    with util_sampler(device_id) as util:
         t0 = time.perf_counter()
         start.set()
         ends = []
@@ -250,7 +233,7 @@ def row_processes(manifest: str, units: list[DecodeUnit], kind: str, device: str
         p.join(timeout=30)
     errors = [] if len(ends) == len(procs) else [f"{len(procs) - len(ends)} processes failed"]
     return {**rates(len(units), sum(w for _, w, _ in ends), sum(f for _, _, f in ends), wall, errors),
-            **util.summary()}
+            **util_columns(util)}
 
 
 def row_pynvc(index: DatasetIndex, units: list[DecodeUnit], threads: int, device_id: int) -> dict:

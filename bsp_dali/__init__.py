@@ -9,7 +9,8 @@ Importing this package needs neither a GPU nor PyTorch, CuPy or DALI; they are i
 from .data.index import BadVideo, DatasetIndex, VideoInfo
 from .plan.augment import SpatialConfig, SpatialMode
 from .plan.config import ALL_TYPES, BoundaryType, SynthesisConfig
-from .plan.planner import Planner, PlanningError, SamplePlan, SourceRef
+from .decode.stage import Decoder
+from .plan.planner import ClipMode, Planner, PlanningError, SamplePlan, SourceRef
 from .synth.tables import Layout, OutDType, RecipeTables
 from .synth.synthesis import synthesize, synthesize_reference
 from .synth.torch_interop import torch_view
@@ -30,7 +31,9 @@ __all__ = [
     "ALL_TYPES",
     "BadVideo",
     "BSPIterator",
+    "ClipMode",
     "DecodeFailures",
+    "Decoder",
     "LastBatchPolicy",
     "SpatialConfig",
     "SpatialMode",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import errno
 import functools
 import inspect
 import json
@@ -11,7 +13,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -40,9 +42,50 @@ class UserError(Exception):
     """A mistake in the command line or the input data: shown as one line, no traceback."""
 
 
-def _fail(msg: str, code: int = 2) -> None:
+USER_ERROR_EXIT = 2  # a mistake in the command line, the data or the machine
+DISK_FULL_EXIT = 3  # a full disk (or quota) while writing: finished work is kept
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fail(msg: str, code: int = USER_ERROR_EXIT) -> None:
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors every command shows as one line instead of a traceback: mistakes in the command
+    line and the input (``UserError``; ``ValueError``, which the config dataclasses, the index, the
+    planner, the transcoder and the checkpoint reader raise, naming the argument or file), a bad
+    video, too many videos that failed to decode, no usable GPU, a failed training process and a
+    measurement that could not be made. Imported when an error is being handled, not before, so a
+    command loads only what it uses."""
+    from .data.index import BadVideo
+    from .decode.stage import DecodeFailures
+    from .measure import MeasurementError
+    from .train.distributed import WorkerFailed
+
+    return (UserError, ValueError, BadVideo, GPUUnavailableError, DecodeFailures, WorkerFailed, MeasurementError)
+
+
+def _disk_full(e: OSError) -> bool:
+    from .train.checkpointer import CheckpointWriteError
+
+    return e.errno in NO_SPACE or isinstance(e, CheckpointWriteError)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Every command's body runs in this: a user-facing error (:func:`user_errors`) becomes one line
+    on stderr and exit status 2; a full disk (or a checkpoint that could not be written) one line and
+    exit status 3. Anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, OSError) and _disk_full(e):
+            _fail(str(e), code=DISK_FULL_EXIT)
+        if not isinstance(e, user_errors()):
+            raise
+        _fail(str(e))
 
 
 def _read_config(config: Optional[Path]) -> dict[str, Any]:
@@ -208,35 +251,41 @@ def index(
     change (a --probe decode run re-probes files an earlier run read by packets only).
     """
     from .data.index import ensure_writable_file
-    from .data.ingest import MANIFEST_NAME, IngestError, index_data
+    from .data.ingest import MANIFEST_NAME, index_data
+    from .data.probe import ProbeMode
     from .plan.planner import min_frames_needed
 
-    try:
+    with one_line_errors():
         need = min_frames if min_frames is not None else min_frames_needed(SynthesisConfig())
         if need < 1:
             raise UserError(f"--min-frames ({need}) must be >= 1")
         if workers is not None and workers < 1:
             raise UserError(f"--workers ({workers}) must be >= 1")
-        if probe not in ("packets", "decode"):
-            raise UserError(f"--probe must be packets or decode, got {probe!r}")
+        try:
+            mode = ProbeMode.parse(probe)
+        except ValueError as e:
+            raise UserError(f"--probe: {e}") from None
         manifest = out or (data_root / MANIFEST_NAME)
         report_path = report or manifest.with_name(manifest.name.replace(".json", "") + ".report.json")
         ensure_writable_file(manifest, "--out" if out else "manifest")  # before any file is probed
         ensure_writable_file(report_path, "--report")
-        with _progress(f"probing ({probe})") as bar:
+        with _progress(f"probing ({mode.value})") as bar:
             task = bar.add_task("probe", total=None)
             rep = index_data(data_root, annotations=annotations, list_file=list_file, split=split,
                              min_frames=need, manifest=manifest, workers=workers,
                              progress_total=lambda n: bar.update(task, total=n),
-                             progress=lambda k: bar.advance(task, k), probe=probe)
-    except (UserError, IngestError, ValueError) as e:
-        _fail(str(e))
-        return
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(rep.to_json(), indent=1))
+                             progress=lambda k: bar.advance(task, k), probe=mode)
+        try:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(rep.to_json(), indent=1))
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise
+            raise UserError(f"--report {report_path}: cannot be written ({e.strerror or e}); "
+                            f"the manifest {manifest} was written") from None
     idx = rep.index
     out_console.print(f"{len(idx)} usable videos in {len(idx.classes)} classes "
-                      f"({rep.probed} probed by {probe}, {rep.reused} unchanged since the last index)")
+                      f"({rep.probed} probed by {mode.value}, {rep.reused} unchanged since the last index)")
     if rep.decoded_instead:
         out_console.print(f"{len(rep.decoded_instead)} decoded in full because their packets could not vouch "
                           f"for the frames (first: {rep.decoded_instead[0]['path']}: {rep.decoded_instead[0]['why']})")
@@ -280,14 +329,14 @@ def transcode(
     from rich.progress import ProgressColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from .data.transcode import DiskFull, TranscodeError, TranscodeSettings, transcode_dataset
+    from .data.transcode import TranscodeSettings, transcode_dataset
 
     class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
             return Text(f"{task.speed:.2f} videos/s" if task.speed else "-- videos/s")
 
     logging.getLogger("bsp_dali.data.transcode").setLevel(logging.ERROR)  # failures are printed below
-    try:
+    with one_line_errors():
         settings = TranscodeSettings(gop=gop, bframes=bframes, short_side=short_side, keep_size=keep_size, crf=crf,
                                      preset=preset, keep_audio=keep_audio, encoder=encoder)
         with Progress(TextColumn("transcoding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -297,12 +346,6 @@ def transcode(
             rep = transcode_dataset(src, dst, settings, annotations=annotations, list_file=list_file, split=split,
                                     workers=workers, progress_total=lambda n: bar.update(task, total=n),
                                     progress=lambda k: bar.advance(task, k))
-    except DiskFull as e:
-        _fail(f"{e}", code=3)
-        return
-    except (TranscodeError, ValueError) as e:
-        _fail(str(e))
-        return
     s = rep.summary()
     mb = 1024 * 1024
     out_console.print(rep.encoder_note)
@@ -351,13 +394,11 @@ def preview(
     Example: bsp-dali preview data/kinetics --out preview --num 8 --types diff_class,same_speed
     """
     from .data.demo import demo_index
-    from .data.ingest import IngestError, load_data
-    from .iterator import DecodeFailures
+    from .data.ingest import load_data
     from .plan.augment import SpatialConfig, SpatialMode
-    from .plan.planner import PlanningError
     from .tools.preview import write_preview
 
-    try:
+    with one_line_errors():
         if num < 1:
             raise UserError(f"--num ({num}) must be >= 1")
         h, w = size if size else ((64, 64) if data is None else (112, 112))
@@ -371,9 +412,6 @@ def preview(
             task = bar.add_task("preview", total=num)
             summary = write_preview(out, idx, num, synthesis=cfg, spatial=spatial, seed=seed, epoch=epoch,
                                     device=dev, decoder=decoder, gif=gif, progress=lambda k: bar.advance(task, k))
-    except (UserError, ValueError, GPUUnavailableError, IngestError, PlanningError, DecodeFailures) as e:
-        _fail(str(e))
-        return
     types_str = ", ".join(f"{k}: {v}" for k, v in sorted(summary["types"].items()))
     out_console.print(f"wrote {num} samples ({types_str}) on {summary['device']} (decoder: {summary['decoder']}) "
                       f"to {out}/: grid.png, samples.jsonl, clips/")
@@ -398,15 +436,10 @@ def train_cmd(
     """
     import logging
 
-    from .data.ingest import IngestError
-    from .iterator import DecodeFailures
-    from .plan.planner import PlanningError
-    from .train.checkpointer import NO_SPACE, CheckpointWriteError
-    from .train.distributed import WorkerFailed
     from .train.loop import TrainingInterrupted, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with one_line_errors():  # a full disk while writing a checkpoint or the run's files: exit 3
         base = _read_config(config).get("train", {})
         if "trust_checkpoint" in base:
             raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
@@ -414,23 +447,12 @@ def train_cmd(
             _warn_trust()
         cfg = TrainConfig.from_dict({**base, **train, "data": str(data),
                                      "synthesis": _synthesis_config(config, synthesis)})
-        summary = run_training(cfg)
-    except TrainingInterrupted as e:
-        if e.rank == 0:
-            console.print(e.message, style="yellow", markup=False)
-        raise typer.Exit(130)
-    except CheckpointWriteError as e:
-        _fail(str(e), code=3)
-        return
-    except OSError as e:  # a full disk while writing the run's other files: one line naming the file
-        if e.errno not in NO_SPACE:
-            raise
-        _fail(str(e), code=3)
-        return
-    except (UserError, ValueError, IngestError, PlanningError, GPUUnavailableError, DecodeFailures,
-            WorkerFailed) as e:
-        _fail(str(e))
-        return
+        try:
+            summary = run_training(cfg)
+        except TrainingInterrupted as e:
+            if e.rank == 0:
+                console.print(e.message, style="yellow", markup=False)
+            raise typer.Exit(130)
     val = summary.get("validation") or {}
     acc = val.get("val_accuracy")
     out_console.print(f"done: {summary.get('step')} steps in {summary.get('minutes', 0):.1f} min"
@@ -457,19 +479,11 @@ def demo(
     from .tools.demo_job import run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if not (2 <= classes <= 6):
-            raise UserError(f"--classes ({classes}) must be in 2..6")
-        if per_class < 4:
-            raise UserError(f"--per-class ({per_class}) must be >= 4 (a quarter is held out)")
-        if minutes <= 0:
-            raise UserError(f"--minutes ({minutes}) must be > 0")
+    with one_line_errors():
         if gpus is None:
             gpus = 1 if cuda_available() else 0
+        # run_demo checks every argument before it writes a video
         result = run_demo(out, minutes=minutes, size=size, classes=classes, per_class=per_class, gpus=gpus)
-    except (UserError, ValueError) as e:
-        _fail(str(e))
-        return
     acc = result["boundary_accuracy"]
     if acc is None:
         out_console.print("[yellow]no validation: the held-out videos could not supply every clip type "
@@ -512,7 +526,7 @@ def bench(
     from .measure import Window
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with one_line_errors():
         dev = _device(device)
         s = BenchSettings.defaults(dev, quick=quick)
         for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes)):
@@ -546,9 +560,6 @@ def bench(
                 raise UserError(f"--data-gop ({data_gop}) must be >= 1")
             s.data_gop = data_gop
         result = run_bench(s, out, tag=tag, progress=lambda m: console.print(f"[dim]{m}[/]"))
-    except (UserError, ValueError, GPUUnavailableError) as e:
-        _fail(str(e))
-        return
     if result["settings"]["window"]["quick"]:
         out_console.print("[yellow]shortened timing window: these figures are not steady-state[/]")
     for r in result["rows"]:
@@ -584,12 +595,10 @@ def extract(
     """
     import logging
 
-    from .data.ingest import IngestError
     from .tools.extract import extract as run_extract
-    from bsp_models import CheckpointError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
+    with one_line_errors():
         dev = _device(device)
         if batch_size < 1:
             raise UserError(f"--batch-size ({batch_size}) must be >= 1")
@@ -601,9 +610,6 @@ def extract(
                               batch_size=batch_size, size=size, device=dev, workers=workers,
                               trust_checkpoint=trust_checkpoint,
                               progress=lambda k, n, _: bar.update(task, completed=k, total=n))
-    except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
-        _fail(str(e))
-        return
     rate = len(rep.written) / rep.seconds if rep.seconds else 0.0
     out_console.print(f"{len(rep.written)} videos written ({rep.snippets} snippets, {rate:.2f} videos/s, "
                       f"{rep.snippets / rep.seconds if rep.seconds else 0:.1f} snippets/s), "
@@ -629,13 +635,13 @@ def inspect_cmd(
 ) -> None:
     """The paper's Fig. 4: distributions of feature differences of snippet pairs with and without a
     boundary, and a separability score (ROC AUC) per encoder."""
-    from bsp_models import CheckpointError, create_encoder, encoder_from_bsp_checkpoint, load_bsp_checkpoint
+    from bsp_models import create_encoder, encoder_from_bsp_checkpoint, load_bsp_checkpoint
 
-    from .data.ingest import IngestError, load_data
+    from .data.index import split_train_val
+    from .data.ingest import load_data
     from .tools.separability import inspect as run_inspect
-    from .train.loop import split_train_val
 
-    try:
+    with one_line_errors():
         if not checkpoint and not untrained:
             raise UserError("give at least one --checkpoint (and/or --untrained)")
         if pairs < 2:
@@ -669,9 +675,6 @@ def inspect_cmd(
                                 f"(val_fraction {cfg0.get('val_fraction', 0.05)}); use --split all to inspect them all")
         sz = size or (cfg0.get("size", 64) if cfg0 else 64)
         result = run_inspect(index, encs, out, pairs=pairs, seed=seed, size=sz, device=dev)
-    except (UserError, ValueError, IngestError, CheckpointError, GPUUnavailableError) as e:
-        _fail(str(e))
-        return
     for name, r in result["encoders"].items():
         out_console.print(f"{name}: separability (ROC AUC) {r['separability_auc']:.3f}")
     out_console.print(f"wrote {out}/separability.png and separability.json")
@@ -693,13 +696,11 @@ def plan(
     from .data.demo import demo_index
     from .plan.planner import Planner
 
-    try:
+    with one_line_errors():
         cfg = _synthesis_config(config, synthesis)
         planner = Planner(demo_index(num_classes=demo_classes), cfg, seed=seed)
         for i in range(start, start + num):
             sys.stdout.write(json.dumps(planner.plan(i, epoch).to_json()) + "\n")
-    except (UserError, ValueError) as e:
-        _fail(str(e))
 
 
 @app.command()

@@ -38,12 +38,12 @@ import numpy as np
 
 from .data.index import DatasetIndex
 from .decode.pyav import FrameReader
-from .decode.stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, DecodeStage, StageOptions
+from .decode.stage import MAX_BAD_VIDEOS, DecodedBatch, DecodeFailures, Decoder, DecodeStage, StageOptions
 from .decode.windows import BatchWindows
 from .gpu import current_cuda_device, resolve_device
 from .plan.augment import SpatialConfig
 from .plan.config import ChoiceEnum, SynthesisConfig
-from .plan.planner import Planner, SamplePlan
+from .plan.planner import ClipMode, Planner, SamplePlan
 from .synth.tables import Layout, OutDType, RecipeTables
 from .synth.synthesis import synthesize
 from .synth.torch_interop import torch_view
@@ -98,9 +98,11 @@ class BSPIterator:
     data: a :class:`DatasetIndex`, a manifest file, or a folder holding ``bsp-dali-manifest.json``.
     batch_size: samples per batch (per rank).
     synthesis, spatial: :class:`SynthesisConfig` and :class:`SpatialConfig` (defaults documented there).
-    mode: ``"bsp"`` (synthesized boundaries) or ``"action"`` (plain clips, action labels).
+    mode: a :class:`~bsp_dali.plan.planner.ClipMode` or its name, ``"bsp"`` (synthesized boundaries) or
+        ``"action"`` (plain clips, action labels).
     epoch_size: samples per epoch over all ranks (default: the number of videos).
-    device: ``"auto"``, ``"cpu"`` or ``"gpu"``; decoder: ``"auto"``, ``"dali"`` or ``"pyav"`` (CPU).
+    device: ``"auto"``, ``"cpu"`` or ``"gpu"``; decoder: a :class:`~bsp_dali.decode.stage.Decoder` or its
+        name, ``"auto"``, ``"dali"`` or ``"pyav"`` (CPU); ``self.decoder`` is the one in use.
     dtype, layout, mean, std: output format (see ``bsp_dali.synth.synthesis``).
     shard: ``(rank, world_size)``; default from ``torch.distributed`` when initialised.
     share: samples per group that share their videos, start frames and crops (decode once, use
@@ -114,8 +116,8 @@ class BSPIterator:
     """
 
     def __init__(self, data: DatasetIndex | str, batch_size: int, *, synthesis: SynthesisConfig | None = None,
-                 spatial: SpatialConfig | None = None, mode: str = "bsp", seed: int = 0,
-                 epoch_size: int | None = None, device: str = "auto", decoder: str = "auto",
+                 spatial: SpatialConfig | None = None, mode: ClipMode | str = ClipMode.BSP, seed: int = 0,
+                 epoch_size: int | None = None, device: str = "auto", decoder: Decoder | str = Decoder.AUTO,
                  dtype: OutDType | str = OutDType.FLOAT32, layout: Layout | str = Layout.NCTHW,
                  mean: Any = None, std: Any = None, last_batch_policy: LastBatchPolicy | str = LastBatchPolicy.DROP,
                  shard: tuple[int, int] | None = None, return_recipes: bool = False, num_threads: int | None = None,
@@ -130,11 +132,9 @@ class BSPIterator:
             index = load_data(data)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size ({batch_size!r}) must be a positive integer")
-        if mode not in ("bsp", "action"):
-            raise ValueError(f"mode ({mode!r}) must be 'bsp' or 'action'")
         self.index = index
         self.batch_size = batch_size
-        self.mode = mode
+        self.mode = ClipMode.parse(mode)
         self.synthesis = synthesis or SynthesisConfig()
         self.spatial = spatial or SpatialConfig()
         self.planner = Planner(index, self.synthesis, seed=seed, spatial=self.spatial, share=share)
@@ -158,7 +158,7 @@ class BSPIterator:
         self.stage = DecodeStage(index, self.planner, StageOptions(
             size=self.spatial.size, device=self.device, decoder=decoder, dali_reader=dali_reader,
             num_threads=num_threads, device_id=self.device_id, pipelines=pipelines, ahead=decode_ahead,
-            max_bad_videos=int(max_bad_videos), cpu_workers=cpu_workers), mode=mode, reader=reader)
+            max_bad_videos=int(max_bad_videos), cpu_workers=cpu_workers), mode=self.mode, reader=reader)
         self.decoder = self.stage.decoder
         self.num_threads = self.stage.threads
         self.max_bad_videos = self.stage.max_bad_videos
@@ -251,7 +251,7 @@ class BSPIterator:
     def state_dict(self) -> dict[str, Any]:
         """Where the iterator is: the next batch to yield and the videos banned so far."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.position, "seed": self.seed,
-                "rank": self.rank, "world": self.world, "batch_size": self.batch_size, "mode": self.mode,
+                "rank": self.rank, "world": self.world, "batch_size": self.batch_size, "mode": self.mode.value,
                 "share": self.share, "banned": {self.index.videos[v].path: r for v, r in sorted(self.banned.items())}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

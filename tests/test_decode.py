@@ -5,7 +5,9 @@ import pytest
 
 from bsp_dali import BadVideo
 from bsp_dali.data.videogen import read_frame_index
-from bsp_dali.decode.pyav import PyAVReader, SourceJob, decode_cpu
+from bsp_dali.decode.pyav import PyAVReader
+from bsp_dali.decode.readers import CPUWindowReader
+from bsp_dali.decode.windows import DecodeUnit
 from bsp_dali.plan.augment import apply_cpu
 from conftest import ffmpeg_frames
 
@@ -47,9 +49,14 @@ def test_frames_beyond_the_end_are_an_error_not_a_padded_frame(indexed_h264):
     v = indexed_h264.videos[0]
     with pytest.raises(BadVideo, match="the video has"):
         PyAVReader(indexed_h264).read(v, [0, v.num_frames])
-    out = decode_cpu([SourceJob(0, (v.num_frames + 3,), (0, 0, 1, 1), False)], indexed_h264,
-                     PyAVReader(indexed_h264), (32, 32))
-    assert isinstance(out[0], BadVideo)
+    # the window reader the package decodes with: the bad unit comes back as its file's BadVideo,
+    # the good one beside it is decoded
+    reader = CPUWindowReader(indexed_h264, PyAVReader(indexed_h264), (32, 32))
+    good, past = DecodeUnit(0, 0, 2, (0, 0, 1, 1), False), DecodeUnit(0, v.num_frames - 1, 4, (0, 0, 1, 1), False)
+    out = reader.read_windows([past, good])
+    assert isinstance(out[0], BadVideo) and out[0].path == indexed_h264.resolve(v.path)
+    assert "the video has" in out[0].reason
+    assert out[1].shape == (2, 32, 32, 3) and out[1].dtype == np.uint8
 
 
 def test_dali_cpu_decoder_on_vp9(indexed_vp9, kinetics_vp9):

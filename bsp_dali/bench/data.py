@@ -166,7 +166,7 @@ def transcoded_data(index: DatasetIndex, gop: int, cache: str | os.PathLike | No
     data as given. Cached beside the bench data; a rerun reuses finished outputs (the transcoder
     checks each one)."""
     from ..data.ingest import MANIFEST_NAME, build_index, load_data
-    from ..data.transcode import TranscodeSettings, transcode_dataset
+    from ..data.transcode import REPORT_NAME, TranscodeError, TranscodeSettings, transcode_dataset
 
     if gop < 1:
         raise ValueError(f"--data-gop ({gop}) must be >= 1")
@@ -176,9 +176,11 @@ def transcoded_data(index: DatasetIndex, gop: int, cache: str | os.PathLike | No
     base = Path(cache or os.environ.get("BSP_DALI_CACHE", Path.home() / ".cache" / "bsp-dali"))
     dst = base / f"transcoded-{Path(index.root).name}-gop{gop}-{key}"
     rep = transcode_dataset(index, dst, TranscodeSettings(gop=gop, keep_size=True), workers=workers)
-    if rep.failed:
-        raise RuntimeError(f"transcoding the bench data to GOP {gop} failed for {len(rep.failed)} video(s): "
-                           + "; ".join(f"{v.src}: {v.reason}" for v in rep.failed[:3]))
+    if rep.failed:  # the comparison needs every video; the report lists each failure
+        first = rep.failed[0]
+        raise TranscodeError(f"--data-gop {gop}: transcoding the bench data into {dst} failed for "
+                             f"{len(rep.failed)} video(s) (first: {first.src}: {str(first.reason).splitlines()[0]}; "
+                             f"all in {dst / REPORT_NAME})")
     built = build_index(dst, rep.entries(), min_frames=8).index
     built.save(dst / MANIFEST_NAME)
     return load_data(dst)

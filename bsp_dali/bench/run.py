@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..gpu import importable
-from ..measure import QUICK, STEADY, Window, nvml_sampler
+from ..measure import QUICK, STEADY, MeasurementError, Window, nvml_sampler
 from ..plan.config import SynthesisConfig
 from .data import QUICK_DATA, BenchDataSpec, bench_data, describe_data, transcoded_data, user_data
 from .machine import describe_machine
@@ -279,10 +279,10 @@ def check_sane(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         for k in ("clips_per_s", "frames_per_s", "decoded_frames_per_s", "GBps"):
             if k in r and not (np.isfinite(r[k]) and r[k] > 0):
-                raise RuntimeError(f"benchmark row {r['row']} has an insane {k}: {r[k]}")
+                raise MeasurementError(f"benchmark row {r['row']} has an insane {k}: {r[k]}")
         for k, (a, b) in r.get("halves", {}).items():
             if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
-                raise RuntimeError(f"benchmark row {r['row']} has an insane half of {k}: {a}, {b}")
+                raise MeasurementError(f"benchmark row {r['row']} has an insane half of {k}: {a}, {b}")
 
 
 __all__ = ["AS_GIVEN", "BenchSettings", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",

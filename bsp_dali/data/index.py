@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -247,12 +248,17 @@ class DatasetIndex:
         return cls(videos, data["classes"], root=data.get("root"), excluded=data.get("excluded", ()))
 
     def save(self, path: str | Path) -> None:
-        """Write the manifest atomically (temporary file, then rename)."""
+        """Write the manifest atomically (temporary file, then rename; a failed write leaves no
+        temporary file behind)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "DatasetIndex":
@@ -264,5 +270,22 @@ class DatasetIndex:
                             excluded=self.excluded)
 
 
+def split_train_val(index: DatasetIndex, fraction: float, seed: int = 0) -> tuple[DatasetIndex, DatasetIndex]:
+    """Hold out about ``fraction`` of each class's videos (at least one when a class has three or
+    more), chosen by a hash of the path so that the split never changes when files are added.
+    Returns (train, held-out) indexes with the same class map: the trainer's validation split, the
+    demo's and ``bsp-dali inspect``'s held-out videos."""
+    train, val = [], []
+    for c in range(index.num_classes):
+        members = index.videos_of_class(c).tolist()
+        keyed = sorted(members, key=lambda v: zlib.crc32(f"{seed}:{index.videos[v].path}".encode()))
+        k = int(round(len(members) * fraction))
+        if k == 0 and len(members) >= 3:
+            k = 1
+        val += keyed[:k]
+        train += keyed[k:]
+    return index.subset(sorted(train)), index.subset(sorted(val))
+
+
 __all__ = ["BadVideo", "DatasetIndex", "UnwritablePath", "VideoInfo", "MANIFEST_VERSION", "ensure_writable_dir",
-           "ensure_writable_file", "read_json"]
+           "ensure_writable_file", "read_json", "split_train_val"]

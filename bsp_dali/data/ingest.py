@@ -19,6 +19,7 @@ again, unless the previous probe was by packets and this one asks for decoding.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -324,7 +325,12 @@ def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None
     if len(report.index) == 0:
         raise IngestError(f"no usable video under {root_p}: all {report.found} files were excluded "
                           f"({', '.join(f'{k}: {v}' for k, v in sorted(report.reasons().items()))})")
-    report.index.save(manifest_p)
+    try:
+        report.index.save(manifest_p)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk stays an OSError (its own exit status)
+            raise
+        raise IngestError(f"manifest {manifest_p} cannot be written ({e.strerror or e})") from None
     return report
 
 

@@ -41,8 +41,9 @@ class ProbeMode(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | ProbeMode") -> "ProbeMode":
+        """A member or its name (any case, like ``ChoiceEnum``); fails naming the choices."""
         try:
-            return cls(value)
+            return value if isinstance(value, cls) else cls(str(value).lower())
         except ValueError:
             raise ValueError(f"probe mode {value!r} is not one of {[m.value for m in cls]}") from None
 

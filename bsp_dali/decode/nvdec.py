@@ -68,30 +68,6 @@ def nvdec_engines(device_id: int = 0) -> int:
         return 1
 
 
-class DecoderUtilization:
-    """NVDEC utilization (percent) sampled through NVML; ``None`` where NVML is unavailable."""
-
-    def __init__(self, device_id: int = 0):
-        self._h = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._h = pynvml.nvmlDeviceGetHandleByIndex(device_id)
-        except Exception:  # noqa: BLE001
-            self._h = None
-
-    def sample(self) -> float | None:
-        if self._h is None:
-            return None
-        try:
-            util, _period = self._nvml.nvmlDeviceGetDecoderUtilization(self._h)
-            return float(util)
-        except Exception:  # noqa: BLE001
-            return None
-
-
 class ReaderPool:
     """``submit(units) -> Future`` of ``read_windows(units)`` on one of ``size`` readers made by
     ``make_reader()``, each used by one thread at a time. ``device="gpu"``: each call runs inside a
@@ -144,4 +120,4 @@ class ReaderPool:
         self.readers = []
 
 
-__all__ = ["DecoderUtilization", "KNOWN_ENGINES", "ReaderPool", "engines_from_name", "nvdec_engines"]
+__all__ = ["KNOWN_ENGINES", "ReaderPool", "engines_from_name", "nvdec_engines"]

@@ -1,10 +1,14 @@
-"""Decoding the planned frames: the CPU readers (PyAV, and the demo videos) and the batch decode.
+"""PyAV (FFmpeg) on the CPU: window decode, the frame readers, and the helpers of DALI's readers.
 
-``read(video, frames)`` returns the requested frames, FHWC uint8 RGB, in the requested order
-(repeats allowed), where frame ``k`` is the ``k``-th frame a decoder returns in presentation order
-(the index space of ``bsp-dali index`` and of every plan). DALI decodes on the GPU (NVDEC) and,
-for VP8/VP9/MJPEG, on the CPU; see ``bsp_dali/pipeline.py``. Everything else on the CPU goes
-through PyAV (FFmpeg), which is how H.264 Kinetics files are read on a laptop.
+A frame reader's ``read(video, frames)`` returns the requested frames, FHWC uint8 RGB, in the
+requested order (repeats allowed), where frame ``k`` is the ``k``-th frame a decoder returns in
+presentation order (the index space of ``bsp-dali index`` and of every plan). :class:`PyAVReader`
+reads real files (one keyframe seek, one forward decode per window; H.264 Kinetics files on a
+laptop), :func:`select_reader` picks it or the procedural demo reader for an index. Whole windows
+are decoded and transformed by ``bsp_dali.decode.readers.CPUWindowReader`` (threads) and
+``bsp_dali.decode.procreader.ProcessWindowReader`` (worker processes) over these readers; DALI
+(NVDEC on the GPU; VP8/VP9/MJPEG on the CPU) is in ``bsp_dali.decode.dali_readers`` and
+``bsp_dali.decode.pipeline``, which read the encoded files with :func:`read_bytes`.
 """
 
 from __future__ import annotations
@@ -12,15 +16,12 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..data.index import BadVideo, DatasetIndex, VideoInfo
-from ..plan.augment import Box, apply_cpu
-from ..plan.planner import SamplePlan
 
 
 class FrameReader(Protocol):
@@ -293,43 +294,6 @@ def select_reader(index: DatasetIndex) -> FrameReader:
         w, h = index.videos[0].width, index.videos[0].height
         return DemoReader(h or 64, w or 64)
     return PyAVReader(index)
-
-
-@dataclass(frozen=True)
-class SourceJob:
-    """One source of a batch to decode: a video, its planned frames and its sample's transform."""
-
-    video: int
-    frames: tuple[int, ...]
-    crop: Box
-    flip: bool
-
-
-def source_jobs(plans: Sequence[SamplePlan]) -> list[SourceJob]:
-    """Every source of a batch, in the kernel's source order (sample by sample, slot by slot)."""
-    return [SourceJob(src.video, frames, plan.crop, plan.flip)
-            for plan in plans for src, frames in zip(plan.sources, plan.frames)]
-
-
-def decode_cpu(jobs: Sequence[SourceJob], index: DatasetIndex, reader: FrameReader, size: tuple[int, int],
-               pool: ThreadPoolExecutor | None = None) -> list[np.ndarray | BadVideo]:
-    """Decode and spatially transform sources on the CPU (in parallel threads).
-
-    Returns one FHWC uint8 stack of ``size`` per job, or the :class:`BadVideo` of a job that
-    failed (the caller replaces its sample)."""
-
-    def one(job: SourceJob) -> np.ndarray | BadVideo:
-        try:
-            stack = reader.read(index.videos[job.video], job.frames)
-        except BadVideo as e:
-            return e
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return BadVideo(index.resolve(index.videos[job.video].path), f"{type(e).__name__}: {e}")
-        return apply_cpu(stack, job.crop, job.flip, size)
-
-    if pool is None:
-        return [one(j) for j in jobs]
-    return list(pool.map(one, jobs))
 
 
 def read_bytes(index: DatasetIndex, video: int) -> np.ndarray:

@@ -37,8 +37,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from ..data.demo import DEMO_SCHEME
 from ..data.index import BadVideo, DatasetIndex
 from ..gpu import GPUUnavailableError, dali_available
-from ..plan.config import ChoiceEnum
-from ..plan.planner import Planner, SamplePlan
+from ..plan.config import ChoiceEnum, NamedChoice
+from ..plan.planner import ClipMode, Planner, SamplePlan
 from .dali_readers import DaliFileListReader, DaliFramesReader, DaliReaderKind
 from .pipeline import DALI_CPU_CODECS
 from .pyav import FrameReader, PyAVReader, default_threads, select_reader
@@ -79,10 +79,29 @@ class DecodedBatch:
         self.stacks = []
 
 
+class Decoder(NamedChoice):
+    """Which decoder reads the files. Asked for: ``auto`` (DALI when installed, else PyAV), ``dali``
+    or ``pyav`` (on the CPU DALI reads VP8/VP9/MJPEG and PyAV the rest). ``demo`` is what the
+    procedural demo videos get, whatever was asked: a stage's decoder, never a choice."""
+
+    AUTO = "auto"
+    DALI = "dali"
+    PYAV = "pyav"
+    DEMO = "demo"
+
+    @classmethod
+    def choices(cls) -> list["Decoder"]:
+        return [cls.AUTO, cls.DALI, cls.PYAV]
+
+    @classmethod
+    def what(cls) -> str:
+        return "decoder"
+
+
 @dataclass(frozen=True)
 class StageOptions:
-    """How the stage decodes. ``decoder``: ``auto`` (DALI when installed, else PyAV), ``dali`` or
-    ``pyav``; ``dali_reader``: ``auto`` (legacy on the GPU, experimental on the CPU),
+    """How the stage decodes. ``decoder``: a :class:`Decoder` or its name, ``auto`` (DALI when
+    installed, else PyAV), ``dali`` or ``pyav``; ``dali_reader``: ``auto`` (legacy on the GPU, experimental on the CPU),
     ``legacy``, ``experimental`` or ``decoder`` (``fn.decoders.video`` per source, the old path);
     ``pipelines``: file-list pipelines at once (default: NVDEC engines on the GPU, 1 on the CPU);
     ``ahead``: batches planned per chunk of a file-list pipeline (default 2 on the GPU, 1 on the
@@ -94,7 +113,7 @@ class StageOptions:
 
     size: tuple[int, int]
     device: str = "cpu"
-    decoder: str = "auto"
+    decoder: Decoder | str = Decoder.AUTO
     dali_reader: str = "auto"
     num_threads: int | None = None
     device_id: int = 0
@@ -117,18 +136,18 @@ class CPUWorkers(ChoiceEnum):
 
 
 class DecodeStage:
-    """See the module docstring. ``mode`` is ``"bsp"`` (synthesized plans) or ``"action"``;
+    """See the module docstring. ``mode``: a :class:`~bsp_dali.plan.planner.ClipMode` or its name,
+    ``"bsp"`` (synthesized plans) or ``"action"`` (plain clips);
     ``reader`` replaces the CPU frame reader (tests pass stand-ins); ``cpu_reader`` replaces the
     whole CPU route (any :class:`~bsp_dali.decode.readers.WindowReader`, e.g. worker processes writing
     into shared memory)."""
 
-    def __init__(self, index: DatasetIndex, planner: Planner, options: StageOptions, mode: str = "bsp",
-                 reader: FrameReader | None = None, cpu_reader: WindowReader | None = None):
+    def __init__(self, index: DatasetIndex, planner: Planner, options: StageOptions,
+                 mode: ClipMode | str = ClipMode.BSP, reader: FrameReader | None = None,
+                 cpu_reader: WindowReader | None = None):
         if options.device not in ("cpu", "gpu"):
             raise ValueError(f"device ({options.device!r}) must be 'cpu' or 'gpu'")
-        if mode not in ("bsp", "action"):
-            raise ValueError(f"mode ({mode!r}) must be 'bsp' or 'action'")
-        self.index, self.planner, self.options, self.mode = index, planner, options, mode
+        self.index, self.planner, self.options, self.mode = index, planner, options, ClipMode.parse(mode)
         self.device = options.device
         self.size = (int(options.size[0]), int(options.size[1]))
         self.threads = int(options.num_threads or default_threads())
@@ -144,16 +163,16 @@ class DecodeStage:
         self.ahead = int(options.ahead or (2 if self.device == "gpu" else 1))
         self.cpu_workers = CPUWorkers.parse(options.cpu_workers)
         if cpu_reader is None:
-            if reader is None and self.decoder != "demo" and self.cpu_workers is CPUWorkers.PROCESSES:
+            if reader is None and self.decoder is not Decoder.DEMO and self.cpu_workers is CPUWorkers.PROCESSES:
                 from .procreader import ProcessWindowReader, default_workers
 
                 cpu_reader = ProcessWindowReader(index, self.size, options.num_threads or default_workers(),
                                                  skip_nonref=options.skip_nonref)
             else:
-                if reader is None and self.decoder != "demo":
+                if reader is None and self.decoder is not Decoder.DEMO:
                     reader = PyAVReader(index, skip_nonref=options.skip_nonref, rgb_threads=1)
                 cpu_reader = CPUWindowReader(index, reader or select_reader(index), self.size, self.threads,
-                                             "procedural demo frames" if self.decoder == "demo" else
+                                             "procedural demo frames" if self.decoder is Decoder.DEMO else
                                              f"PyAV (CPU) in {self.threads} thread{'s' if self.threads > 1 else ''}")
         self.cpu_reader: WindowReader = cpu_reader
         self._variable: DaliFramesReader | None = None
@@ -162,22 +181,21 @@ class DecodeStage:
         self._pipelines = options.pipelines
 
     # ------------------------------------------------------------------ set-up
-    def _pick_decoder(self, decoder: str) -> str:
-        if decoder not in ("auto", "dali", "pyav"):
-            raise ValueError(f"decoder ({decoder!r}) must be auto, dali or pyav")
+    def _pick_decoder(self, value: Decoder | str) -> Decoder:
+        asked = Decoder.parse(value)
         if self.index.videos and self.index.videos[0].path.startswith(DEMO_SCHEME):
-            return "demo"
-        if decoder == "auto":  # without DALI, PyAV decodes on the CPU (and the GPU synthesizes)
-            return "dali" if dali_available() else "pyav"
-        if decoder == "dali" and not dali_available():
+            return Decoder.DEMO
+        if asked is Decoder.AUTO:  # without DALI, PyAV decodes on the CPU (and the GPU synthesizes)
+            return Decoder.DALI if dali_available() else Decoder.PYAV
+        if asked is Decoder.DALI and not dali_available():
             raise GPUUnavailableError("decoder='dali' was asked for but NVIDIA DALI is not installed")
-        return decoder
+        return asked
 
     def _pick_dali_reader(self, value: str) -> DaliReaderKind:
         if str(value).lower() == "auto":
             return DaliReaderKind.LEGACY if self.device == "gpu" else DaliReaderKind.EXPERIMENTAL
         kind = DaliReaderKind.parse(value)
-        if kind is DaliReaderKind.LEGACY and self.device != "gpu" and self.decoder == "dali":
+        if kind is DaliReaderKind.LEGACY and self.device != "gpu" and self.decoder is Decoder.DALI:
             raise ValueError("dali_reader='legacy' (fn.readers.video) runs on the GPU only; use 'experimental' "
                              "or 'decoder' on the CPU")
         return kind
@@ -196,7 +214,7 @@ class DecodeStage:
     @property
     def description(self) -> str:
         """Which decoder reads which files, in words (for logs and the CLI)."""
-        if self.decoder in ("demo", "pyav"):
+        if self.decoder in (Decoder.DEMO, Decoder.PYAV):
             return self.cpu_reader.description
         if self.dali_reader is DaliReaderKind.DECODER:
             what = "DALI fn.decoders.video per source"
@@ -210,7 +228,7 @@ class DecodeStage:
     # ------------------------------------------------------------------ plans and bans
     def plan(self, sample_index: int, epoch: int) -> SamplePlan:
         """The plan of a sample, replaced deterministically if it used a banned video."""
-        make = self.planner.plan if self.mode == "bsp" else self.planner.plan_action
+        make = self.planner.plan if self.mode is ClipMode.BSP else self.planner.plan_action
         p = make(sample_index, epoch)
         if self.banned and any(s.video in self.banned for s in p.sources):
             p = make(sample_index, epoch, banned=frozenset(self.banned))
@@ -231,7 +249,7 @@ class DecodeStage:
 
     # ------------------------------------------------------------------ routing
     def _dali_decodes(self, video: int) -> bool:
-        if self.decoder != "dali":
+        if self.decoder is not Decoder.DALI:
             return False
         return self.device == "gpu" or (self.index.videos[video].codec or "") in DALI_CPU_CODECS
 
@@ -337,9 +355,9 @@ class DecodeStage:
 
     def _streams_ahead(self) -> tuple[bool, bool]:
         """(file-list pipelines, a CPU reader that takes units ahead and gets some)."""
-        fixed = self.decoder == "dali" and self.dali_reader is not DaliReaderKind.DECODER
+        fixed = self.decoder is Decoder.DALI and self.dali_reader is not DaliReaderKind.DECODER
         cpu_ahead = hasattr(self.cpu_reader, "submit") and (
-            self.decoder == "pyav" or (self.decoder == "dali" and self.device == "cpu" and any(
+            self.decoder is Decoder.PYAV or (self.decoder is Decoder.DALI and self.device == "cpu" and any(
                 (v.codec or "") not in DALI_CPU_CODECS for v in self.index.videos)))
         return fixed, cpu_ahead
 
@@ -421,5 +439,5 @@ class DecodeStage:
         self._variable = self._fixed_sync = None
 
 
-__all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "MAX_BAD_VIDEOS",
-           "StageOptions"]
+__all__ = ["CPUWorkers", "DALI_CPU_CODECS", "DecodeFailures", "DecodeStage", "DecodedBatch", "Decoder",
+           "MAX_BAD_VIDEOS", "StageOptions"]

@@ -23,13 +23,31 @@ class ChoiceEnum(enum.Enum):
         return cls.__name__
 
     @classmethod
+    def choices(cls) -> list[Any]:
+        """The members a caller may ask for: all of them, unless a subclass keeps some for itself."""
+        return list(cls)
+
+    @classmethod
     def parse(cls, value: Any) -> Any:
         if isinstance(value, cls):
             return value
-        for m in cls:
+        for m in cls.choices():
             if str(m.value).lower() == str(value).lower():
                 return m
-        raise ValueError(f"unknown {cls.what()} {value!r}; expected one of {[m.value for m in cls]}")
+        raise ValueError(f"unknown {cls.what()} {value!r}; expected one of {[m.value for m in cls.choices()]}")
+
+
+class NamedChoice(str, ChoiceEnum):
+    """A :class:`ChoiceEnum` whose members are also their names as strings: equal to them, printed,
+    formatted and written to JSON as them. For modes that are keys of dicts keyed by name, records
+    in reports and parts of messages (``ClipMode``, ``Decoder``); state saved with ``torch.save``
+    stores ``.value``, a plain string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class BoundaryType(enum.IntEnum):
@@ -251,6 +269,7 @@ __all__ = [
     "ALL_TYPES",
     "BoundaryType",
     "ChoiceEnum",
+    "NamedChoice",
     "SynthesisConfig",
     "exact",
     "parse_types",

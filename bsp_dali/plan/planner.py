@@ -30,7 +30,7 @@ import numpy as np
 from ..data.index import DatasetIndex
 from .augment import FULL_BOX, Box, SpatialConfig, SpatialMode
 from .augment import draw as draw_spatial
-from .config import BoundaryType, SynthesisConfig, exact, round_half_up
+from .config import BoundaryType, NamedChoice, SynthesisConfig, exact, round_half_up
 
 # Rejection-sampling budget before falling back to enumerating the valid candidates. Both give
 # the same (uniform) distribution; the budget only bounds the cost of the common case.
@@ -45,6 +45,19 @@ Term = tuple[int, int, float]  # (source slot, source frame index, weight)
 
 class PlanningError(ValueError):
     """The data set cannot supply a sample type under the given settings (raised at set-up)."""
+
+
+class ClipMode(NamedChoice):
+    """Which clips a stream of samples holds (the iterator's and the decode stage's ``mode``, a
+    task's ``streams``): ``bsp``, clips with synthesized boundaries (:meth:`Planner.plan`), or
+    ``action``, plain clips labelled with their action class (:meth:`Planner.plan_action`)."""
+
+    BSP = "bsp"
+    ACTION = "action"
+
+    @classmethod
+    def what(cls) -> str:
+        return "mode"
 
 
 @dataclass(frozen=True)
@@ -538,6 +551,7 @@ def plans_summary(plans: Sequence[SamplePlan]) -> dict[str, int]:
 
 
 __all__ = [
+    "ClipMode",
     "MAX_REJECTION_TRIES",
     "Planner",
     "PlanningError",

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.demo import write_demo_videos
+from ..data.demo import DEMO_CLASSES, write_demo_videos
+from ..data.index import split_train_val
 from ..data.ingest import index_data
 from ..plan.augment import SpatialConfig, SpatialMode
 from ..plan.config import SynthesisConfig
 from ..train.config import TrainConfig
-from ..train.loop import split_train_val, train
+from ..train.loop import processes_per_node, train
 from .preview import write_preview
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,19 @@ def demo_train_config(data: Path, out: Path, minutes: float, size: int, gpus: in
 def run_demo(out: str | Path = "demo-out", minutes: float = 7.0, size: int = 32, classes: int = 4,
              per_class: int = 12, gpus: int | None = None, val_clips: int = 256,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run the demo into ``out``; every argument is checked before the first video is written."""
     out = Path(out)
     t0 = time.time()
     data = out / "data"
+    if not (2 <= classes <= len(DEMO_CLASSES)):
+        raise ValueError(f"classes ({classes}) must be in 2..{len(DEMO_CLASSES)}")
+    if per_class < 4:
+        raise ValueError(f"per_class ({per_class}) must be >= 4 (a quarter of each class is held out)")
+    if not minutes > 0:  # also TrainConfig's max_minutes rule, named here as the demo's argument
+        raise ValueError(f"minutes ({minutes}) must be > 0")
+    # the training settings (size, GPUs, val_clips) are TrainConfig's to check
+    cfg = dataclasses.replace(demo_train_config(data, out / "run", minutes, size, gpus), val_clips=val_clips)
+    processes_per_node(cfg)  # --gpus beyond the usable devices
     total = classes * per_class
     done = 0
 
@@ -57,7 +68,6 @@ def run_demo(out: str | Path = "demo-out", minutes: float = 7.0, size: int = 32,
     write_demo_videos(data, num_classes=classes, per_class=per_class, size=(64, 64), progress=step)
     report = index_data(data, min_frames=8)
     index = report.index
-    cfg = dataclasses.replace(demo_train_config(data, out / "run", minutes, size, gpus), val_clips=val_clips)
     summary = train(cfg)
     val = summary.get("validation", {})
     # the preview grid, from held-out videos, as the encoder saw them in validation

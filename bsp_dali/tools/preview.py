@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..data.index import DatasetIndex, ensure_writable_dir
+from ..decode.stage import Decoder
 from ..plan.augment import SpatialConfig
 from ..plan.config import SynthesisConfig
 from ..plan.planner import SamplePlan, plans_summary
@@ -68,7 +69,7 @@ def make_grid(clips: np.ndarray, plans: Sequence[SamplePlan], scale: int = 1) ->
 
 def write_preview(out_dir: str | os.PathLike, index: DatasetIndex, num: int, *,
                   synthesis: SynthesisConfig | None = None, spatial: SpatialConfig | None = None, seed: int = 0,
-                  epoch: int = 0, device: str = "cpu", decoder: str = "auto", batch_size: int = 8,
+                  epoch: int = 0, device: str = "cpu", decoder: Decoder | str = Decoder.AUTO, batch_size: int = 8,
                   gif: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Synthesize samples ``0..num-1`` of ``epoch`` and write the preview files (``out_dir`` is
     checked writable first: :class:`~bsp_dali.data.index.UnwritablePath`). Returns a summary."""
@@ -76,6 +77,7 @@ def write_preview(out_dir: str | os.PathLike, index: DatasetIndex, num: int, *,
 
     if num < 1:
         raise ValueError(f"num ({num}) must be >= 1")
+    decoder = Decoder.parse(decoder)  # before anything is written
     out = ensure_writable_dir(out_dir, "--out")  # before any video is decoded
     (out / "clips").mkdir(parents=True, exist_ok=True)
     it = BSPIterator(index, batch_size=min(batch_size, num), synthesis=synthesis, spatial=spatial, seed=seed,

@@ -170,8 +170,8 @@ class Checkpointer:
         same_world = len(saved) == world
         mine = saved[rank] if same_world else saved[0]
         for name, loader in self.loaders.items():
-            if mine.get(name):
-                loader.load_state_dict(mine[name])
+            if mine.get(str(name)):
+                loader.load_state_dict(mine[str(name)])
                 if not same_world:  # another world size: shards differ, so restart that epoch
                     log.warning("resuming with %d processes from a run with %d: epoch %d starts over",
                                 world, len(saved), loader.epoch)
@@ -189,7 +189,8 @@ class Checkpointer:
         """Write the state at ``step`` to ``OUT/checkpoints/<name>`` (rank 0 writes; every rank
         contributes its iterator positions and random states)."""
         rngs = gather_objects(rng_state(), self.dist)
-        loaders = gather_objects({k: ldr.state_dict() for k, ldr in self.loaders.items()}, self.dist)
+        # keyed by plain names (a ClipMode is a str; its enum type would not pass a weights-only load)
+        loaders = gather_objects({str(k): ldr.state_dict() for k, ldr in self.loaders.items()}, self.dist)
         path = self.folder / name
         if self.dist.is_main:
             atomic_save({"version": CHECKPOINT_VERSION, "model": self.model.state_dict(),

@@ -95,8 +95,16 @@ class TrainConfig:
                      "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.clip_grad <= 0:
-            raise ValueError("lr and clip_grad must be > 0, momentum and weight_decay >= 0")
+        for name in ("lr", "clip_grad"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be > 0")
+        for name in ("momentum", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps ({self.max_steps}) must be >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes ({self.max_minutes}) must be > 0")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule ({self.schedule!r}) must be cosine or step")
         if not (0 < self.val_fraction < 0.9):

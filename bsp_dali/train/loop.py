@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import gpu
-from ..data.index import DatasetIndex
+from ..data.index import DatasetIndex, split_train_val
 from ..gpu import autocast as autocast_for
 from ..measure import LoopTimer
 from ..plan.augment import SpatialConfig, SpatialMode
@@ -134,23 +134,6 @@ def _interrupted_run(out: Path, since: float) -> TrainingInterrupted:
 
 
 # ---------------------------------------------------------------------------------- the worker
-def split_train_val(index: DatasetIndex, fraction: float, seed: int = 0) -> tuple[DatasetIndex, DatasetIndex]:
-    """Hold out about ``fraction`` of each class's videos (at least one when a class has three or
-    more), chosen by a hash of the path so that the split never changes when files are added."""
-    import zlib
-
-    train, val = [], []
-    for c in range(index.num_classes):
-        members = index.videos_of_class(c).tolist()
-        keyed = sorted(members, key=lambda v: zlib.crc32(f"{seed}:{index.videos[v].path}".encode()))
-        k = int(round(len(members) * fraction))
-        if k == 0 and len(members) >= 3:
-            k = 1
-        val += keyed[:k]
-        train += keyed[k:]
-    return index.subset(sorted(train)), index.subset(sorted(val))
-
-
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv/linear weights only; none on BatchNorm parameters and biases."""
     decay, no_decay = [], []

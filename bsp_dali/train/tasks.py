@@ -4,8 +4,8 @@ and its validation metric.
 
 A task is a :class:`Task` subclass registered with ``@register``:
 
-* ``streams``: the iterator modes it reads (``"bsp"``: synthesized boundaries; ``"action"``: plain
-  clips with action labels). The first stream counts the epochs; the others are cycled alongside.
+* ``streams``: the iterator modes it reads (:class:`~bsp_dali.plan.planner.ClipMode`: ``BSP``,
+  synthesized boundaries; ``ACTION``, plain clips with action labels). The first stream counts the epochs; the others are cycled alongside.
 * ``build(cfg, encoder, num_actions)``: the model (``bsp_models`` heads), mapping a clip batch
   (N, C, T, H, W) to a dict of outputs.
 * ``loss(forward, batches)``: the loss of one step, from the batches of every stream by name
@@ -22,6 +22,8 @@ without them.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
+
+from ..plan.planner import ClipMode
 
 if TYPE_CHECKING:
     from .distributed import Dist
@@ -40,7 +42,7 @@ def register(cls: type["Task"]) -> type["Task"]:
 class Metric:
     """Accumulates a validation metric over batches of ``stream``; ``reduce`` sums over ranks."""
 
-    stream: str
+    stream: ClipMode
 
     def update(self, out: dict[str, Any], batch: Batch) -> None:
         raise NotImplementedError
@@ -55,7 +57,7 @@ class Metric:
 class Accuracy(Metric):
     """Top-1 accuracy and the confusion matrix (rows: true class) of the classifier output ``key``."""
 
-    def __init__(self, stream: str, key: str, num_classes: int, device: Any):
+    def __init__(self, stream: ClipMode, key: str, num_classes: int, device: Any):
         import torch
 
         self.stream, self.key, self.n = stream, key, num_classes
@@ -82,7 +84,7 @@ class Accuracy(Metric):
 class HeatmapError(Metric):
     """Mean smooth L1 error of the per-frame change-point scores ``heatmap`` against the target."""
 
-    def __init__(self, stream: str, device: Any):
+    def __init__(self, stream: ClipMode, device: Any):
         import torch
 
         self.stream = stream
@@ -110,7 +112,7 @@ class HeatmapError(Metric):
 class Task:
     name: str = ""
     help: str = ""
-    streams: tuple[str, ...] = ("bsp",)
+    streams: tuple[ClipMode, ...] = (ClipMode.BSP,)
     tsm_fc: bool = False
 
     def check(self, cfg: "TrainConfig") -> None:
@@ -130,7 +132,7 @@ class Task:
 class BoundaryClassification(Task):
     """The pretext: which boundary type a synthesized clip holds (4-way, or binary with two --types)."""
 
-    name, help, streams = "bsp", "4-way boundary", ("bsp",)
+    name, help, streams = "bsp", "4-way boundary", (ClipMode.BSP,)
 
     def build(self, cfg, encoder, num_actions):
         from bsp_models import ClipClassifier
@@ -140,18 +142,18 @@ class BoundaryClassification(Task):
     def loss(self, forward, batches):
         from bsp_models import classification_loss
 
-        b = batches["bsp"]
+        b = batches[ClipMode.BSP]
         return classification_loss(forward(b["video"]), b)  # cross-entropy
 
     def metric(self, cfg, num_actions, device):
-        return Accuracy("bsp", "logits", cfg.synthesis.num_classes, device)
+        return Accuracy(ClipMode.BSP, "logits", cfg.synthesis.num_classes, device)
 
 
 @register
 class ActionClassification(Task):
     """Action classes of plain clips: the vanilla encoder, and what the other tasks are compared with."""
 
-    name, help, streams, tsm_fc = "action", "action classes", ("action",), True
+    name, help, streams, tsm_fc = "action", "action classes", (ClipMode.ACTION,), True
 
     def build(self, cfg, encoder, num_actions):
         from bsp_models import ClipClassifier
@@ -161,11 +163,11 @@ class ActionClassification(Task):
     def loss(self, forward, batches):
         from bsp_models import classification_loss
 
-        b = batches["action"]
+        b = batches[ClipMode.ACTION]
         return classification_loss(forward(b["video"]), b)  # cross-entropy
 
     def metric(self, cfg, num_actions, device):
-        return Accuracy("action", "logits", num_actions, device)
+        return Accuracy(ClipMode.ACTION, "logits", num_actions, device)
 
 
 @register
@@ -173,7 +175,7 @@ class ChangePointRegression(Task):
     """The paper's alternative pretext: a score per frame regressed onto the Gaussian heatmap
     around the change point."""
 
-    name, help, streams = "regression", "per-frame change point", ("bsp",)
+    name, help, streams = "regression", "per-frame change point", (ClipMode.BSP,)
 
     def build(self, cfg, encoder, num_actions):
         from bsp_models import FrameRegressor
@@ -183,18 +185,18 @@ class ChangePointRegression(Task):
     def loss(self, forward, batches):
         from bsp_models import regression_loss
 
-        b = batches["bsp"]
+        b = batches[ClipMode.BSP]
         return regression_loss(forward(b["video"]), b)  # smooth L1
 
     def metric(self, cfg, num_actions, device):
-        return HeatmapError("bsp", device)
+        return HeatmapError(ClipMode.BSP, device)
 
 
 @register
 class TwoHead(Task):
     """One backbone, an action head and a boundary head, trained jointly on both streams each step."""
 
-    name, help, streams = "two-head", "action + boundary heads", ("bsp", "action")
+    name, help, streams = "two-head", "action + boundary heads", (ClipMode.BSP, ClipMode.ACTION)
 
     def build(self, cfg, encoder, num_actions):
         from bsp_models import TwoHead as Model
@@ -204,18 +206,18 @@ class TwoHead(Task):
     def loss(self, forward, batches):
         from bsp_models import two_head_loss
 
-        b, a = batches["bsp"], batches["action"]
+        b, a = batches[ClipMode.BSP], batches[ClipMode.ACTION]
         return two_head_loss(forward(b["video"]), b, forward(a["video"]), a)  # sum of both cross-entropies
 
     def metric(self, cfg, num_actions, device):
-        return Accuracy("bsp", "boundary_logits", cfg.synthesis.num_classes, device)
+        return Accuracy(ClipMode.BSP, "boundary_logits", cfg.synthesis.num_classes, device)
 
 
 @register
 class Distillation(Task):
     """A student matched to two frozen teachers (vanilla and BSP checkpoints) plus an action loss."""
 
-    name, help, streams = "distill", "from two teachers", ("action",)
+    name, help, streams = "distill", "from two teachers", (ClipMode.ACTION,)
 
     def check(self, cfg):
         if not (cfg.teacher_vanilla and cfg.teacher_bsp):
@@ -230,7 +232,7 @@ class Distillation(Task):
     def loss(self, forward, batches):
         from bsp_models import distill_loss
 
-        b = batches["action"]
+        b = batches[ClipMode.ACTION]
         return distill_loss(forward(b["video"]), b)  # ||fv - h1(fs)||^2 + ||fb - h2(fs)||^2 + CE
 
 
