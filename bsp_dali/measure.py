@@ -230,6 +230,33 @@ class UtilSampler:
         return out
 
 
+def cuda_pci_bus_ids(device_index: int) -> list[str]:
+    """The PCI bus id of CUDA device ``device_index`` as NVML spells it (8- and 4-digit domain),
+    from PyTorch; empty when PyTorch or CUDA is not there. NVML numbers devices ignoring
+    ``CUDA_VISIBLE_DEVICES``, so a rank given one GPU that way (SLURM) must find its device by bus."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        p = torch.cuda.get_device_properties(int(device_index))
+        dom, bus, dev = int(p.pci_domain_id), int(p.pci_bus_id), int(p.pci_device_id)
+    except Exception:  # noqa: BLE001 - no torch, no CUDA, an old torch without the fields
+        return []
+    return [f"{dom:08X}:{bus:02X}:{dev:02X}.0", f"{dom:04X}:{bus:02X}:{dev:02X}.0"]
+
+
+def nvml_handle(pynvml: Any, device_index: int) -> Any:
+    """NVML's handle of CUDA device ``device_index``: by PCI bus id (right under
+    ``CUDA_VISIBLE_DEVICES``), else by index (right when all devices are visible)."""
+    for bus_id in cuda_pci_bus_ids(device_index):
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+        except Exception:  # noqa: BLE001 - try the other spelling, then the index
+            continue
+    return pynvml.nvmlDeviceGetHandleByIndex(int(device_index))
+
+
 def nvml_sampler(device_index: int = 0) -> Callable[[], dict[str, float]] | None:
     """A sampling function for :class:`UtilSampler` through NVML (``nvidia-ml-py``): ``nvdec``
     is ``nvmlDeviceGetDecoderUtilization`` (percent of the last sampling period the decoders were
@@ -243,7 +270,7 @@ def nvml_sampler(device_index: int = 0) -> Callable[[], dict[str, float]] | None
         return None
     try:
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(device_index))
+        handle = nvml_handle(pynvml, device_index)
     except Exception as e:  # noqa: BLE001 - NVMLError and friends
         log.info("NVML is not usable (%s): no NVDEC/GPU utilization", e)
         return None
@@ -365,4 +392,4 @@ class LoopTimer:
 
 
 __all__ = ["QUICK", "STEADY", "LoopReport", "LoopTimer", "MeasurementError", "SteadyRate", "UtilSampler", "Window",
-           "dataloader_warmup", "nvml_sampler", "prefetch_warmup", "steady_rate"]
+           "cuda_pci_bus_ids", "dataloader_warmup", "nvml_handle", "nvml_sampler", "prefetch_warmup", "steady_rate"]

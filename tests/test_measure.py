@@ -315,3 +315,37 @@ def test_data_wait_on_an_asynchronous_device_is_the_device_idle_time():
     assert within(rep.data_wait, 0.5), rep
     assert within(rep.host_wait, 0.875), rep
     assert within(rep.clips_per_s, BATCH / (BATCH * SLEEP)), rep
+
+
+def test_nvml_finds_the_cuda_device_by_pci_bus_id(monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=3 the rank's CUDA device 0 is NVML's device 3: found by bus id,
+    with the index only as the fallback where no bus id is known."""
+    import bsp_dali.measure as m
+
+    class FakeNVML:
+        def nvmlDeviceGetHandleByPciBusId(self, bus):
+            if bus != "00000000:3B:00.0":
+                raise RuntimeError("NVML_ERROR_NOT_FOUND")
+            return "handle-of-nvml-device-3"
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return f"handle-of-nvml-device-{i}"
+
+    monkeypatch.setattr(m, "cuda_pci_bus_ids", lambda i: ["00000000:3B:00.0", "0000:3B:00.0"])
+    assert m.nvml_handle(FakeNVML(), 0) == "handle-of-nvml-device-3"
+    monkeypatch.setattr(m, "cuda_pci_bus_ids", lambda i: ["0000:3B:00.0"])
+    assert m.nvml_handle(FakeNVML(), 0) == "handle-of-nvml-device-0"  # not found by bus: the index
+    monkeypatch.setattr(m, "cuda_pci_bus_ids", lambda i: [])
+    assert m.nvml_handle(FakeNVML(), 2) == "handle-of-nvml-device-2"
+
+
+def test_cuda_pci_bus_ids_without_a_gpu_is_empty():
+    import torch
+
+    from bsp_dali.measure import cuda_pci_bus_ids
+
+    if torch.cuda.is_available():
+        ids = cuda_pci_bus_ids(0)
+        assert len(ids) == 2 and ids[0].count(":") == 2 and ids[0].endswith(".0")
+    else:
+        assert cuda_pci_bus_ids(0) == []

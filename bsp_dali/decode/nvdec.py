@@ -42,9 +42,11 @@ def nvdec_engines(device_id: int = 0) -> int:
     try:
         import pynvml
 
+        from ..measure import nvml_handle
+
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device_id)
+            handle = nvml_handle(pynvml, device_id)
             name = pynvml.nvmlDeviceGetName(handle)
             name = name.decode() if isinstance(name, bytes) else str(name)
             try:  # the whole-GPU instance profile lists its decoders on MIG-capable devices
