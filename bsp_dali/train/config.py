@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ class TrainConfig:
                     raise ValueError(f"{f.name} ({value!r}) must be {n} {_kind(elem)}s")
                 for v in value:
                     _check_value(f"{f.name}", v, elem, whole=value)
+            elif tp is str and isinstance(value, os.PathLike):  # a path given as a Path
+                setattr(self, f.name, os.fspath(value))
             else:
                 _check_value(f.name, value, tp)
 
