@@ -617,6 +617,7 @@ def extract(
     for path, reason in rep.failed:
         out_console.print(f"[yellow]skipped {path}: {reason}[/]")
     if rep.failed and not rep.written and not rep.skipped:
+        out_console.print(f"[yellow]no video could be extracted: nothing written to {out}[/]")
         raise typer.Exit(1)
 
 

@@ -321,3 +321,50 @@ def test_quick_bench_with_data_gop_runs_the_loaders_on_a_transcoded_copy(tmp_pat
     tuned = [r for r in result["rows"] if r["decoder"].startswith("pyav-tuned")]
     assert {r["data_set"] for r in tuned} == {"as given", short}  # the reference baseline on both data sets
     assert f"Data set '{short}'" in (tmp_path / "out" / "bench-cpu-quick.md").read_text()
+
+
+@pytest.mark.parametrize("tag, arch, out_under_file, message", [
+    ("../evil", "resnet18", False, "--tag ('../evil') must be a plain file-name tag"),
+    ("a/b", "resnet18", False, "--tag ('a/b') must be a plain file-name tag"),
+    ("ok-tag", "vgg", False, "--arch ('vgg') must be one of ['resnet18', 'resnet34', 'resnet50']"),
+    ("ok-tag", "resnet18", True, "cannot be written"),
+])
+def test_bench_checks_tag_arch_and_out_before_measuring(tmp_path, monkeypatch, tag, arch, out_under_file, message):
+    import bsp_dali.bench.run as run_mod
+
+    def measured(*a, **k):
+        raise AssertionError("measured before checking the arguments")
+
+    for name in ("bench_data", "user_data", "bench_cpu_ceiling", "loader_rows"):
+        monkeypatch.setattr(run_mod, name, measured)
+    s = BenchSettings.defaults("cpu", quick=True)
+    s.arch = arch
+    out = tmp_path / "results"
+    if out_under_file:
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "results"
+    with pytest.raises(ValueError) as e:
+        run_bench(s, out, tag=tag)
+    assert message in str(e.value)
+    assert not (tmp_path / "evil.json").exists() and not list(tmp_path.rglob("bench-*"))
+
+
+def test_bench_cli_refuses_a_path_tag_at_once(tmp_path):
+    r = run_cli("bench", "--quick", "--device", "cpu", "--tag", "../evil", "--out", tmp_path / "sub", timeout=60)
+    assert r.returncode == 2 and "--tag ('../evil') must be a plain file-name tag" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.rglob("*.json"))
+
+
+def test_a_failing_plot_keeps_the_json_and_markdown(tmp_path, monkeypatch, caplog):
+    import bsp_dali.bench.report as report_mod
+
+    def broken_plot(result, path):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(report_mod, "plot", broken_plot)
+    monkeypatch.setattr(report_mod, "markdown", lambda result: "# tables\n")
+    result = {"rows": [{"row": "pipeline", "clips_per_s": 3.5}], "goals": []}
+    paths = report_mod.write_results(result, tmp_path, "t")
+    assert json.loads((tmp_path / "bench-t.json").read_text()) == result
+    assert (tmp_path / "bench-t.md").read_text() == "# tables\n" and "png" not in paths
+    assert "could not draw" in caplog.text and "no display" in caplog.text

@@ -129,3 +129,87 @@ def test_inspect_writes_scores_and_plot(tmp_path, tiny_checkpoint):
         want = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
         assert r["separability_auc"] == pytest.approx(want, abs=1e-12)
     assert result["pairs"]["boundary"] >= 1 and (tmp_path / "insp" / "separability.png").stat().st_size > 1000
+
+
+def _extract(untrimmed, out, *ckpts, extra=()):
+    args = ["extract", str(untrimmed), "--out", str(out), "--device", "cpu"]
+    for c in ckpts:
+        args += ["--checkpoint", str(c)]
+    return run_cli(*args, *extra)
+
+
+def test_a_rerun_with_other_settings_or_a_retrained_checkpoint_extracts_again(tmp_path, untrimmed, tiny_checkpoint):
+    ckpt = tmp_path / "c.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    out = tmp_path / "ex1.h5"
+    res = _extract(untrimmed, out, ckpt)
+    assert res.returncode == 0 and "3 videos written" in res.stdout, res.stderr[-3000:]
+    with h5py.File(out) as f:
+        recorded = json.loads(f.attrs["bsp_dali_extract"])
+        first = f["mid_b"][()]
+    assert recorded["stride"] == 8 and recorded["snippet"] == 8 and recorded["size"] == 32
+    assert recorded["checkpoints"][0]["path"] == str(ckpt) and recorded["format"] == "hdf5"
+    # the same settings written out (the defaults' values): kept
+    res = _extract(untrimmed, out, ckpt, extra=["--stride", "8", "--size", "32"])
+    assert "0 videos written" in res.stdout and "3 already done" in res.stdout, res.stdout + res.stderr[-2000:]
+    # another stride and two streams: every video again, at the new stride
+    res = _extract(untrimmed, out, ckpt, ckpt, extra=["--stride", "4"])
+    assert res.returncode == 0 and "3 videos written" in res.stdout and "0 already done" in res.stdout
+    assert "stride 8 (now 4)" in res.stderr
+    with h5py.File(out) as f:
+        for vid, n in LENGTHS.items():
+            assert f[vid].shape == (math.ceil(n / 4), 1024)
+    # the checkpoint retrained in place (same path, other weights): every video again, new features
+    res = _extract(untrimmed, out, ckpt)
+    assert "3 videos written" in res.stdout
+    state = torch.load(ckpt, weights_only=True)
+    name = next(k for k, v in state["model"].items() if k.endswith("conv1.weight"))
+    state["model"][name] = state["model"][name] * 2
+    torch.save(state, ckpt)
+    res = _extract(untrimmed, out, ckpt)
+    assert res.returncode == 0 and "3 videos written" in res.stdout and "contents changed" in res.stderr
+    with h5py.File(out) as f:
+        assert f["mid_b"].shape == first.shape and not np.allclose(f["mid_b"][()], first)
+
+
+@pytest.mark.parametrize("flag", ["--size", "--stride", "--workers", "--snippet"])
+def test_zero_values_are_refused_even_with_a_finished_cache(tmp_path, untrimmed, tiny_checkpoint, flag):
+    out = tmp_path / "ex.h5"
+    parts = tmp_path / "ex.h5.parts"
+    parts.mkdir()
+    for vid in LENGTHS:  # a cache that would have every video "already done"
+        np.save(parts / f"{vid}.npy", np.zeros((1, 512), np.float32))
+    res = _extract(untrimmed, out, tiny_checkpoint, extra=[flag, "0"])
+    assert res.returncode == 2 and f"{flag} (0) must be an integer >= 1" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_an_existing_output_that_is_not_ours_is_refused_before_any_work(tmp_path, untrimmed, tiny_checkpoint):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    res = _extract(untrimmed, notes, tiny_checkpoint)
+    assert res.returncode == 2 and "exists and is not an output of bsp-dali extract" in res.stderr
+    assert notes.read_text() == "hello\n" and not (tmp_path / "notes.txt.parts").exists()
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    res = _extract(untrimmed, folder, tiny_checkpoint)  # hdf5 into a folder
+    assert res.returncode == 2 and "is a folder; --format hdf5 writes a file" in res.stderr
+    res = _extract(untrimmed, notes, tiny_checkpoint, extra=["--format", "npy"])  # npy into a file
+    assert res.returncode == 2 and "is a file; --format npy writes a folder" in res.stderr
+    (folder / "mine.txt").write_text("x")
+    res = _extract(untrimmed, folder, tiny_checkpoint, extra=["--format", "csv"])  # csv into a foreign folder
+    assert res.returncode == 2 and "is a folder of other files" in res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.txt"] and not (tmp_path / "somedir.parts").exists()
+    assert "Traceback" not in res.stderr
+
+
+def test_when_every_video_fails_nothing_is_left_behind(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.mp4").write_bytes(b"not a video")
+    (bad / "b.mp4").write_bytes(b"")
+    out = tmp_path / "ex8.h5"
+    res = _extract(bad, out, tiny_checkpoint)
+    assert res.returncode == 1 and "0 videos written" in res.stdout and "skipped a.mp4" in res.stdout
+    assert "nothing written" in res.stdout + res.stderr
+    assert not out.exists() and not (tmp_path / "ex8.h5.parts").exists()

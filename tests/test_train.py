@@ -190,6 +190,9 @@ def test_distillation_from_two_teachers(tmp_path, bsp_run, data, cfg_file):
     (["--gpus", "2"], "--gpus 2 asked for, 0 usable CUDA device(s)"),
     (["--task", "distill"], "needs --teacher-vanilla"),
     (["--batch-size", "0"], "batch_size (0) must be >= 1"),
+    (["--lr", "nan"], "lr (nan) must be finite"),
+    (["--lr", "inf"], "lr (inf) must be finite"),
+    (["--weight-decay", "nan"], "weight_decay (nan) must be finite"),
 ])
 def test_training_mistakes_are_one_line(tmp_path, data, cfg_file, args, message):
     a = train_args(data, tmp_path / "x", cfg_file)
@@ -346,3 +349,48 @@ def test_the_interrupt_line_in_each_case():
         f"interrupted; the last checkpoint is {last}: run the same command to resume from it"
     again = pickle.loads(pickle.dumps(TrainingInterrupted(57, last, 50, rank=3)))
     assert isinstance(again, KeyboardInterrupt) and (again.step, again.checkpoint, again.rank) == (57, last, 3)
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_setting(tmp_path, data):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"train": {"val_clips": "many"}}))  # an option train_args does not give
+    res = run_cli(*train_args(data, tmp_path / "x", cfg), env=OMP)
+    assert res.returncode == 2 and "val_clips ('many') must be an integer" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and not (tmp_path / "x" / "config.json").exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path, data,
+                                                                                              cfg_file):
+    """lr 1e20: step 1's update blows the weights up, step 2's loss is NaN. The run stops there with
+    one line; the checkpoint of step 1 stays (finite weights), none of step 2 is written."""
+    out = tmp_path / "nan"
+    res = run_cli(*train_args(data, out, cfg_file, "--lr", "1e20", "--checkpoint-every", "1"), env=OMP)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert re.search(r"the loss is (nan|inf) at step 2: training diverged", res.stderr), res.stderr[-2000:]
+    assert "Lower --lr" in res.stderr and "Traceback" not in res.stderr
+    assert not (out / "summary.json").exists()
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1]  # no record of the diverged step
+
+
+@pytest.mark.parametrize("args, differs", [
+    (["--arch", "resnet34"], "arch 'resnet18' (now 'resnet34')"),
+    (["--task", "action"], "task 'bsp' (now 'action')"),
+    (["--size", "48", "--tau", "3"], "size 32 (now 48), synthesis.tau 2 (now 3)"),
+])
+def test_resuming_with_other_settings_is_refused_before_loading_weights(tmp_path, bsp_run, data, cfg_file, args,
+                                                                       differs):
+    ref_out, _ = bsp_run
+    out = tmp_path / "run1"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(ref_out / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
+    shutil.copy(ref_out / "config.json", out / "config.json")
+    before = (out / "config.json").read_text()
+    res = run_cli(*train_args(data, out, cfg_file, *args), env=OMP)
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = f"{out / 'checkpoints' / 'last.pt'} was written by a run with other settings: {differs}"
+    assert line in res.stderr and "--no-resume" in res.stderr and "another --out" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert (out / "config.json").read_text() == before  # a failed start leaves the run's config as it was

@@ -11,11 +11,18 @@ log = logging.getLogger(__name__)
 
 
 def write_results(result: dict[str, Any], out: Path, tag: str) -> dict[str, Path]:
+    """Write the JSON (first), the Markdown and the PNG; a plot that fails is logged, not raised.
+    Returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"bench-{tag}.json", "md": out / f"bench-{tag}.md", "png": out / f"bench-{tag}.png"}
-    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["json"].write_text(json.dumps(result, indent=1))  # first: the data survives a failure below
     paths["md"].write_text(markdown(result))
-    plot(result, paths["png"])
+    try:
+        plot(result, paths["png"])
+    except Exception as e:  # noqa: BLE001 - a plot is a view of the JSON; losing it must not end the run
+        log.warning("could not draw %s (%s: %s); the results are in %s", paths["png"], type(e).__name__, e,
+                    paths["json"])
+        del paths["png"]
     return paths
 
 

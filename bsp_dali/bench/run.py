@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,10 +94,50 @@ COMPARISON_GOALS = [Goal("decoded frames per clip, as given / transcoded", 5.0),
 AS_GIVEN = "as given"
 
 
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def validate(settings: BenchSettings, out: str | os.PathLike, tag: str | None) -> None:
+    """What :func:`run_bench` checks before measuring anything (a bad value found at the end would
+    throw the whole run away): ``tag`` a plain file-name tag, ``settings.arch`` a known backbone,
+    the sweep values positive (clip lengths even), and ``out`` a folder that can be created and
+    written. Raises ValueError naming the argument and the value."""
+    from bsp_models import ARCHS
+
+    if tag is not None and not (TAG.fullmatch(tag) and len(tag) <= 100):
+        raise ValueError(f"--tag ({tag!r}) must be a plain file-name tag: letters, digits, '.', '_', '+', '-', "
+                         "starting with a letter or digit (no path separators)")
+    if settings.arch not in ARCHS:
+        raise ValueError(f"--arch ({settings.arch!r}) must be one of {sorted(ARCHS)}")
+    for name in ("batch_sizes", "frames", "sizes", "threads", "decode_ahead", "pipelines"):
+        values = getattr(settings, name)
+        if any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{name} values must be integers >= 1, got {list(values)}")
+    if not settings.batch_sizes or not settings.frames or not settings.sizes:
+        raise ValueError("batch_sizes, frames and sizes must each hold at least one value")
+    if any(T % 2 for T in settings.frames):
+        raise ValueError(f"frames must be even (T = 2*tau), got {list(settings.frames)}")
+    check_writable(Path(out))
+
+
+def check_writable(out: Path) -> None:
+    """Create the folder ``out`` and write a file in it (removed), or raise ValueError naming it."""
+    probe = out / f".bench-write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be written: {e.strerror or e}") from None
+
+
 def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure every row of ``settings`` and write ``out/bench-<tag>.json`` (then .md and .png);
+    the arguments are checked first (:func:`validate`)."""
     from ..gpu import GPUUnavailableError, resolve_device
 
+    validate(settings, out, tag)
     say = progress or (lambda msg: log.info("%s", msg))
     device = resolve_device(settings.device)
     cores = os.cpu_count() or 1
@@ -285,5 +326,5 @@ def check_sane(result: dict[str, Any]) -> None:
                 raise MeasurementError(f"benchmark row {r['row']} has an insane half of {k}: {a}, {b}")
 
 
-__all__ = ["AS_GIVEN", "BenchSettings", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
+__all__ = ["AS_GIVEN", "BenchSettings", "check_writable", "validate", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
            "pipeline_variants", "run_bench", "settings_json"]

@@ -19,14 +19,25 @@ Per video this gives a float32 ``[num_snippets, C]`` array, written as
 
 The video id is the file name without its extension. Work is kept per video under
 ``<out>.parts/``, written atomically: a rerun skips finished videos, and a bad video is reported and
-skipped, never fatal.
+skipped, never fatal. ``<out>.parts/settings.json`` records what the features depend on: each
+checkpoint's SHA-256 (in order), the snippet length, the stride and the crop size. A rerun with
+other values (or a retrained checkpoint) extracts every video again; the format and ``rescale``
+only shape the output, which is assembled from the parts on every run.
+
+The output records the same settings (HDF5: the file's attribute ``bsp_dali_extract``; csv/npy:
+``<out>/bsp-dali-extract.json``). An existing ``--out`` that is not such an output (another file, a
+folder for HDF5, a file for csv/npy, a non-empty folder of other files) is refused before any work.
+When no video could be extracted, nothing is written and ``<out>.parts/`` is removed.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import hashlib
+import json
 import logging
+import shutil
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +56,9 @@ from ..plan.planner import plain_plan
 log = logging.getLogger(__name__)
 
 FORMATS = ("hdf5", "csv", "npy")
+SETTINGS_NAME = "settings.json"  # in <out>.parts/
+FOLDER_MARKER = "bsp-dali-extract.json"  # in a csv/npy output folder
+H5_MARKER = "bsp_dali_extract"  # attribute of an HDF5 output: its settings as JSON
 
 
 @dataclass
@@ -52,6 +66,7 @@ class ExtractReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already done
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    redone: str | None = None  # why earlier parts were discarded (other settings), None if kept
     snippets: int = 0
     seconds: float = 0.0
 
@@ -139,10 +154,13 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     from ..gpu import resolve_device
     from ..iterator import BSPIterator
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format ({fmt!r}) must be one of {list(FORMATS)}")
-    if rescale_to < 2:
-        raise ValueError(f"rescale ({rescale_to}) must be >= 2")
+    validate_arguments(fmt=fmt, snippet=snippet, stride=stride, rescale_to=rescale_to, batch_size=batch_size,
+                       size=size, workers=workers, threads=threads)
+    out = Path(out)
+    check_output(out, fmt)
+    if not checkpoints:
+        raise ValueError("give at least one --checkpoint")
+    fingerprints = [checkpoint_fingerprint(c) for c in checkpoints]
     dev = resolve_device(device)
     tdev = torch.device("cuda" if dev == "gpu" else "cpu")
     encoders, train_config = load_encoders(checkpoints, tdev, trust=trust_checkpoint)
@@ -150,23 +168,21 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     if len(frames_per) != 1:
         raise ValueError(f"the checkpoints were trained on different clip lengths {sorted(frames_per)}")
     T = frames_per.pop()
-    snippet = snippet or T
+    snippet = T if snippet is None else snippet
     if snippet != T:
         raise ValueError(f"--snippet ({snippet}) must equal the encoders' clip length ({T})")
-    stride = stride or snippet
-    if stride < 1:
-        raise ValueError(f"--stride ({stride}) must be >= 1")
+    stride = snippet if stride is None else stride
     if size is None:
         size = int(train_config.get("size", 224))
-    out = Path(out)
+    settings = {"checkpoints": fingerprints, "snippet": snippet, "stride": stride, "size": size}
     parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     root, entries = discover_videos(source)
     counts = collections.Counter(video_id(e.path) for e in entries)
     dup = sorted(i for i, c in counts.items() if c > 1)
     if dup:
         raise IngestError(f"video ids must be unique (file names without extension); repeated: {dup[:5]}")
     report = ExtractReport()
+    report.redone = prepare_parts(parts, settings)
     done = {e.path for e in entries if (parts / f"{video_id(e.path)}.npy").is_file()}
     todo = [e for e in entries if e.path not in done]
     report.skipped = [e.path for e in entries if e.path in done]
@@ -203,8 +219,114 @@ def extract(source: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
             renderer.close()
     report.seconds = time.time() - t0
     done_ids = [video_id(e.path) for e in entries if (parts / f"{video_id(e.path)}.npy").is_file()]
-    write_outputs(parts, done_ids, out, fmt, rescale_to)
+    if not done_ids:  # every video failed: no empty output, no parts folder left behind
+        log.warning("no video could be extracted: nothing written to %s", out)
+        if not any(parts.glob("*.npy")):
+            shutil.rmtree(parts, ignore_errors=True)
+        return report
+    write_outputs(parts, done_ids, out, fmt, rescale_to, settings)
     return report
+
+
+def validate_arguments(*, fmt: str, snippet: int | None, stride: int | None, rescale_to: int, batch_size: int,
+                       size: int | None, workers: int | None, threads: int | None) -> None:
+    """Every argument of :func:`extract` checked before any work (``None``: the default; 0 is an
+    error, never read as the default)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format ({fmt!r}) must be one of {list(FORMATS)}")
+    if not isinstance(rescale_to, int) or rescale_to < 2:
+        raise ValueError(f"--rescale ({rescale_to}) must be >= 2")
+    for flag, value in (("--snippet", snippet), ("--stride", stride), ("--batch-size", batch_size),
+                        ("--size", size), ("--workers", workers), ("--threads", threads)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{flag} ({value!r}) must be an integer >= 1")
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """Refuse, before any work, an ``out`` this run must not replace: for HDF5 a folder, or a file
+    that is not an earlier output of this tool; for csv/npy a file, or a non-empty folder without
+    this tool's marker. Also that the folder above can be created and written."""
+    if fmt == "hdf5":
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; --format hdf5 writes a file (give a file name, or "
+                             f"--format csv/npy for a folder)")
+        if out.exists() and not _is_h5_output(out):
+            raise ValueError(f"--out {out} exists and is not an output of bsp-dali extract: not replacing it "
+                             f"(remove it or choose another --out)")
+    else:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; --format {fmt} writes a folder (give a folder name, or "
+                             f"--format hdf5 for a file)")
+        if out.is_dir() and any(out.iterdir()) and not (out / FOLDER_MARKER).is_file():
+            raise ValueError(f"--out {out} is a folder of other files (no {FOLDER_MARKER}): not writing into it "
+                             f"(choose another --out)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write to {out.parent} (--out {out}): permission denied")
+
+
+def _is_h5_output(path: Path) -> bool:
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return H5_MARKER in f.attrs
+    except Exception:  # noqa: BLE001 - not HDF5 (or unreadable): not ours
+        return False
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a checkpoint's weights: its SHA-256 and size (the path is recorded, not
+    compared: a moved file gives the same features)."""
+    p = Path(path)
+    if not p.is_file():
+        from bsp_models import CheckpointError
+
+        raise CheckpointError(f"checkpoint {p} does not exist" if not p.exists() else f"checkpoint {p} is not a file")
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return {"path": str(p), "size": p.stat().st_size, "sha256": h.hexdigest()}
+
+
+def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the settings parts were made with (``old``) and ``new`` (phrases);
+    checkpoints compare by content, in order."""
+    diffs = []
+    if [c.get("sha256") for c in old.get("checkpoints", [])] != [c["sha256"] for c in new["checkpoints"]]:
+        was = [c.get("path") for c in old.get("checkpoints", [])]
+        diffs.append(f"checkpoints {was} (now {[c['path'] for c in new['checkpoints']]}; or their contents changed)")
+    diffs += [f"{k} {old.get(k)} (now {new[k]})" for k in ("snippet", "stride", "size") if old.get(k) != new[k]]
+    return diffs
+
+
+def prepare_parts(parts: Path, settings: dict[str, Any]) -> str | None:
+    """Create ``parts`` with ``settings.json``; when it holds parts made with other settings (or
+    with no record of them), discard them. Returns why they were discarded (None when kept)."""
+    record = parts / SETTINGS_NAME
+    why = None
+    if parts.is_dir() and any(parts.glob("*.npy")):
+        try:
+            old = json.loads(record.read_text())
+            why = "; ".join(settings_differences(old, settings)) or None
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            why = f"{record} is missing or unreadable"
+        if why:
+            log.warning("%s holds features made with other settings (%s): extracting every video again", parts, why)
+            for f in parts.glob("*.npy"):
+                f.unlink()
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, record)
+    except OSError as e:
+        raise ValueError(f"cannot write {record}: {e.strerror or e}") from None
+    return why
 
 
 def _video_features(renderer: Any, index: DatasetIndex, k: int, encoders: list[Any], snippet: int, stride: int,
@@ -238,19 +360,24 @@ def _atomic_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(parts: Path, ids: Sequence[str], out: Path, fmt: str, rescale_to: int) -> None:
-    """Assemble the per-video parts into the requested format (atomically for HDF5)."""
+def write_outputs(parts: Path, ids: Sequence[str], out: Path, fmt: str, rescale_to: int,
+                  settings: dict[str, Any] | None = None) -> None:
+    """Assemble the per-video parts into the requested format (atomically for HDF5), recording
+    ``settings`` and the format in it."""
+    record = json.dumps({**(settings or {}), "format": fmt, **({"rescale": rescale_to} if fmt == "csv" else {})})
     if fmt == "hdf5":
         import h5py
 
         tmp = out.with_name(out.name + ".tmp")
         out.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w") as f:
+            f.attrs[H5_MARKER] = record
             for vid in ids:
                 f.create_dataset(vid, data=np.load(parts / f"{vid}.npy"))
         os.replace(tmp, out)
         return
     out.mkdir(parents=True, exist_ok=True)
+    (out / FOLDER_MARKER).write_text(record)
     for vid in ids:
         feats = np.load(parts / f"{vid}.npy")
         if fmt == "npy":

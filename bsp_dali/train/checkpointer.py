@@ -44,6 +44,60 @@ def last_checkpoint(out: str | Path) -> Path:
     return checkpoint_dir(out) / "last.pt"
 
 
+# Settings a resumed run may change: where things are, how long it runs, how it reports, how many
+# processes (another world size restarts the interrupted epoch), initial weights (replaced by the
+# checkpoint's), and epochs (the schedule is then recomputed for the new total). Every other
+# setting (task, arch, size, synthesis, optimizer and schedule settings, batch, seed, split...)
+# shapes the weights or the data: a checkpoint written with other values is refused.
+RESUMABLE_CHANGES = frozenset({
+    "data", "out", "epochs", "max_steps", "max_minutes", "log_every", "checkpoint_every", "val_every", "val_clips",
+    "resume", "gpus", "nproc", "nnodes", "node_rank", "rdzv_endpoint", "compile", "channels_last", "threads",
+    "pretrained", "tsm_checkpoint", "teacher_vanilla", "teacher_bsp", "trust_checkpoint", "deterministic"})
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint a run would resume from was written with other settings."""
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"synthesis": {"tau": 4}}`` as ``{"synthesis.tau": 4}`` (tuples as lists)."""
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return flat
+
+
+def resume_differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(setting, checkpoint's value, new value) of every setting outside :data:`RESUMABLE_CHANGES`
+    that differs between a checkpoint's stored config and the new run's (both ``TrainConfig.to_dict``
+    plus ``"model"``). A setting the checkpoint does not record (an older file) is not compared."""
+    old_flat, new_flat = _flat(saved), _flat(new)
+    derived = {f"model.{k}" for k in new_flat} | {"model.num_frames"}  # model.arch repeats arch; T = 2*tau
+    return [(k, old_flat[k], v) for k, v in new_flat.items()
+            if k.split(".")[0] not in RESUMABLE_CHANGES and k not in derived and k in old_flat and old_flat[k] != v]
+
+
+def check_resumable(path: str | Path, saved: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+    """Raise :class:`ResumeMismatch` naming the checkpoint, what differs (old vs new) and the way
+    out, when ``saved`` (the checkpoint's config) differs from ``new`` in a setting that cannot change
+    on resume; log the epochs change, which can."""
+    if not isinstance(saved, Mapping):
+        return
+    diffs = resume_differences(saved, new)
+    if diffs:
+        what = ", ".join(f"{k} {old!r} (now {cur!r})" for k, old, cur in diffs[:6])
+        more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        raise ResumeMismatch(f"{path} was written by a run with other settings: {what}{more}. Resume with the "
+                             f"same settings, use another --out, or --no-resume (starts over, replacing that "
+                             f"run's checkpoints)")
+    if "epochs" in saved and saved["epochs"] != new.get("epochs"):
+        log.info("resuming %s with --epochs %s (it was %s): the learning-rate schedule follows the new total",
+                 path, new.get("epochs"), saved["epochs"])
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; its temporary file is removed, the previous checkpoint
     is kept."""
@@ -159,6 +213,7 @@ class Checkpointer:
         if version not in READABLE_CHECKPOINT_VERSIONS:
             raise ValueError(f"{self.last} has checkpoint version {version}, expected one of "
                              f"{list(READABLE_CHECKPOINT_VERSIONS)}")
+        check_resumable(self.last, state.get("config"), self.meta.get("config", {}))
         if version != CHECKPOINT_VERSION and self.dist.is_main:
             log.info("%s is a version %d checkpoint: read through an allow-list of NumPy's array pieces; "
                      "the next checkpoint is written as version %d", self.last, version, CHECKPOINT_VERSION)

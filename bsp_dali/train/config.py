@@ -6,6 +6,10 @@ the run's ``config.json`` follow."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +85,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.synthesis, dict):
             self.synthesis = SynthesisConfig.from_dict(self.synthesis)
+        self._check_types()
         self.lr_steps = tuple(int(v) for v in self.lr_steps)
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         if self.optimizer not in ("sgd", "adamw"):
@@ -115,6 +120,32 @@ class TrainConfig:
             raise ValueError(f"node_rank ({self.node_rank}) must be in 0..nnodes-1 ({self.nnodes - 1})")
         TASKS[self.task].check(self)
 
+    def _check_types(self) -> None:
+        """Each field's value of its declared type (a --config file can hold anything): one error
+        naming the setting and the value; a float setting must be finite (``nan``, ``inf``)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name == "synthesis":
+                continue
+            value, tp = getattr(self, f.name), hints[f.name]
+            optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+            if optional:
+                if value is None:
+                    continue
+                (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+            if typing.get_origin(tp) is tuple:
+                args = typing.get_args(tp)
+                elem = args[0]
+                if not isinstance(value, (tuple, list)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+                    n = "a list of" if args[-1] is Ellipsis else f"a list of {len(args)}"
+                    raise ValueError(f"{f.name} ({value!r}) must be {n} {_kind(elem)}s")
+                for v in value:
+                    _check_value(f"{f.name}", v, elem, whole=value)
+            elif tp is str and isinstance(value, os.PathLike):  # a path given as a Path
+                setattr(self, f.name, os.fspath(value))
+            else:
+                _check_value(f.name, value, tp)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["synthesis"] = self.synthesis.to_dict()
@@ -129,6 +160,30 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}")
         return cls(**data)
+
+
+def _kind(tp: Any) -> str:
+    return {int: "integer", float: "number", bool: "boolean (true or false)", str: "string"}.get(tp, str(tp))
+
+
+def _check_value(name: str, value: Any, tp: Any, whole: Any = None) -> None:
+    """``value`` of the type ``tp`` (int, float, bool or str); a float finite."""
+    shown = value if whole is None else whole
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{name} ({shown!r}) must be finite" + (" (a list of finite numbers)" if whole is not None else ""))
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        what = f"a list of {_kind(tp)}s" if whole is not None else f"a{'n' if _kind(tp)[0] in 'aeiou' else ''} {_kind(tp)}"
+        raise ValueError(f"{name} ({shown!r}) must be {what}")
 
 
 __all__ = ["TrainConfig"]

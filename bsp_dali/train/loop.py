@@ -32,7 +32,7 @@ from ..data.index import DatasetIndex, split_train_val
 from ..gpu import autocast as autocast_for
 from ..measure import LoopTimer
 from ..plan.augment import SpatialConfig, SpatialMode
-from .checkpointer import Checkpointer, last_checkpoint, seed_everything
+from .checkpointer import Checkpointer, check_resumable, last_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import Dist, agree, gather_objects, launch, setup_dist, sync_buffers, teardown, weight_fingerprint
 from .tasks import TASKS, Task
@@ -58,6 +58,51 @@ class TrainingInterrupted(KeyboardInterrupt):
             return f"{at}, before the first checkpoint: the same command starts the run over"
         written = f" (step {self.checkpoint_step})" if self.checkpoint_step is not None else ""
         return f"{at}; the last checkpoint is {self.checkpoint}{written}: run the same command to resume from it"
+
+
+class NonFiniteLoss(ValueError):
+    """The loss became NaN or infinite: the run stops before writing a checkpoint of those weights."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Path | None, rank: int = 0):
+        self.step, self.loss, self.grad_norm, self.checkpoint, self.rank = step, loss, grad_norm, checkpoint, rank
+        kept = (f"the last checkpoint ({checkpoint}) holds earlier weights" if checkpoint is not None
+                else "no checkpoint was written")
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm} (loss {loss})"
+        super().__init__(f"{what} at step {step}: training diverged, so it stopped and {kept}. "
+                         f"Lower --lr (or check the data and --config), then run again (--no-resume to start over)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.step, self.loss, self.grad_norm, self.checkpoint, self.rank)
+
+
+class _LossWatch:
+    """Notes each step's loss and gradient norm without a device sync; :meth:`check` (at each
+    logging step and before each checkpoint: one sync) raises :class:`NonFiniteLoss` on every rank,
+    naming the first step whose loss or gradient norm on any rank was not finite (a non-finite
+    gradient norm makes the weights NaN even where the loss was finite)."""
+
+    def __init__(self, d: Dist):
+        self.d = d
+        self.pending: list[tuple[int, Any, Any]] = []
+
+    def note(self, step: int, loss: Any, grad_norm: Any) -> None:
+        self.pending.append((step, loss, grad_norm))
+
+    def check(self, checkpoint: Path | None) -> None:
+        import torch
+
+        first = None
+        if self.pending:
+            values = torch.stack([torch.stack([loss.float(), norm.float()]) for _, loss, norm in self.pending]).cpu()
+            bad = (~torch.isfinite(values)).any(dim=1).nonzero()
+            if len(bad):
+                k = int(bad[0, 0])
+                first = (self.pending[k][0], float(values[k, 0]), float(values[k, 1]))
+        self.pending.clear()
+        found = [f for f in gather_objects(first, self.d) if f is not None]
+        if found:
+            step, loss, norm = min(found, key=lambda f: f[0])
+            raise NonFiniteLoss(step, loss, norm, checkpoint, self.d.rank)
 
 
 # ---------------------------------------------------------------------------------- launching
@@ -106,9 +151,11 @@ def check_checkpoints(cfg: TrainConfig) -> None:
         if path:
             read_checkpoint(path)
     last = last_checkpoint(cfg.out)
-    for path in (cfg.teacher_vanilla, cfg.teacher_bsp, last if cfg.resume and last.is_file() else None):
+    for path in (cfg.teacher_vanilla, cfg.teacher_bsp):
         if path:
             load_bsp_checkpoint(path)
+    if cfg.resume and last.is_file():  # and whether it was written with these settings
+        check_resumable(last, load_bsp_checkpoint(last).get("config"), cfg.to_dict())
 
 
 def _interrupted_run(out: Path, since: float) -> TrainingInterrupted:
@@ -218,7 +265,6 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     out = Path(cfg.out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed + d.rank)
@@ -257,6 +303,8 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                         meta={"config": {**cfg.to_dict(), "model": model_cfg}, "classes": list(index.classes)},
                         trust=cfg.trust_checkpoint)
     step = ckpt.resume() if cfg.resume else 0
+    if is_main:  # only now: a start that fails (a refused resume, bad data) leaves the run's config as it was
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     epoch, mid_epoch = loader.epoch, 0 < loader.position < len(loader)
     if loader.position >= len(loader):  # saved at an epoch's end
         epoch += 1
@@ -267,6 +315,10 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     stop = False
     last_loss = None
+    watch = _LossWatch(d)
+
+    def saved() -> Path | None:
+        return ckpt.last if ckpt.saved_step is not None else None
     try:
         for epoch in range(epoch, cfg.epochs):
             if not mid_epoch:
@@ -295,12 +347,15 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                     loss = task.loss(forward, batches)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 sched.step()
                 step += 1
                 last_loss = loss.detach()
+                watch.note(step, last_loss, grad_norm.detach())
                 timer.step_done(batch["video"].shape[0] * world)
+                if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0:
+                    watch.check(saved())  # never a checkpoint (or a record) of diverged weights
                 if step % cfg.log_every == 0:
                     t = timer.report()  # on every rank, so that each rank's interval ends here
                     if is_main:
@@ -312,6 +367,7 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
                                  rec["clips_per_s"], 100 * rec["data_wait"], rec["step_s"])
                 if step % cfg.checkpoint_every == 0:
                     ckpt.save(step)
+            watch.check(saved())
             ckpt.save(step)
             if loader.position >= len(loader):  # a whole epoch: keep its checkpoint too
                 ckpt.save(step, f"epoch-{epoch:03d}.pt")
