@@ -85,7 +85,8 @@ def test_train_names_the_wrong_optimizer_setting(tmp_path, videos):
     ("lr", 0.0, "lr (0.0) must be > 0"),
     ("clip_grad", -1.0, "clip_grad (-1.0) must be > 0"),
     ("momentum", -0.1, "momentum (-0.1) must be >= 0"),
-    ("weight_decay", float("nan"), "weight_decay (nan) must be >= 0"),
+    ("weight_decay", -0.5, "weight_decay (-0.5) must be >= 0"),
+    ("weight_decay", float("nan"), "weight_decay (nan) must be finite"),
     ("max_steps", 0, "max_steps (0) must be >= 1"),
     ("max_minutes", 0.0, "max_minutes (0.0) must be > 0"),
 ])
