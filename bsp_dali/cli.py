@@ -27,6 +27,7 @@ from .train.config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode="markdown",  # a docstring's hard line breaks join into paragraphs
     no_args_is_help=True,
     help=(
         "bsp-dali: boundary-sensitive pre-training clips (diff-class, same-class, diff-speed, "
@@ -36,6 +37,19 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out_console.print(f"bsp-dali {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """bsp-dali: boundary-sensitive pre-training clips synthesized on the GPU with DALI and CuPy,
+    or on the CPU with the same semantics."""
 
 
 class UserError(Exception):
@@ -574,7 +588,7 @@ def bench(
 
 @app.command()
 def extract(
-    videos: Path = typer.Argument(..., help="Untrimmed videos: a folder, a list file (one path per line) or a manifest."),
+    videos: Path = typer.Argument(..., help="Untrimmed videos: a folder, a list file (one path per line), a manifest, or one video file."),
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", help="bsp-dali checkpoint; repeat for two-stream (features concatenated in this order)."),
     out: Path = typer.Option(..., "--out", help="HDF5 file (--format hdf5) or folder (csv, npy)."),
     fmt: str = typer.Option("hdf5", "--format", help="hdf5 (G-TAD), csv (BSN-style, rescaled) or npy."),
@@ -647,6 +661,8 @@ def inspect_cmd(
             raise UserError("give at least one --checkpoint (and/or --untrained)")
         if pairs < 2:
             raise UserError(f"--pairs ({pairs}) must be >= 2")
+        if size is not None and size < 8:
+            raise UserError(f"--size ({size}) must be >= 8 (or left out for the checkpoint's training size)")
         if split not in ("val", "all"):
             raise UserError(f"--split must be val or all, got {split!r}")
         dev = _device(device)
@@ -698,6 +714,10 @@ def plan(
     from .plan.planner import Planner
 
     with one_line_errors():
+        if num < 1:
+            raise UserError(f"--num ({num}) must be >= 1")
+        if start < 0 or epoch < 0:
+            raise UserError(f"--start ({start}) and --epoch ({epoch}) must be >= 0")
         cfg = _synthesis_config(config, synthesis)
         planner = Planner(demo_index(num_classes=demo_classes), cfg, seed=seed)
         for i in range(start, start + num):

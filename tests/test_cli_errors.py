@@ -191,3 +191,21 @@ def test_bench_data_transcode_failure_names_the_file_and_the_report(tmp_path, vi
     assert text.startswith("--data-gop 8: transcoding the bench data") and "failed for 1 video(s)" in text
     assert index.videos[0].path in text and REPORT_NAME in text and "\n" not in text
     assert isinstance(err.value, user_errors())
+
+
+def test_version_and_small_argument_checks(tmp_path):
+    from bsp_dali import __version__
+
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"bsp-dali {__version__}"
+    assert_one_line(run_cli("plan", "--num", "0"), "--num (0) must be >= 1")
+    assert_one_line(run_cli("plan", "--start", "-5"), "--start (-5) and --epoch (0) must be >= 0")
+    assert_one_line(run_cli("inspect", str(tmp_path), "--untrained", "--size", "0"),
+                    "--size (0) must be >= 8 (or left out for the checkpoint's training size)")
+
+
+def test_train_threads_zero_is_refused():
+    from bsp_dali.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"threads \(0\) must be >= 1"):
+        TrainConfig(threads=0)

@@ -114,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"schedule ({self.schedule!r}) must be cosine or step")
         if not (0 < self.val_fraction < 0.9):
             raise ValueError(f"val_fraction ({self.val_fraction}) must be in (0, 0.9)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads ({self.threads}) must be >= 1 (leave it out for one per core)")
         if self.gpus is not None and self.gpus < 0:
             raise ValueError(f"gpus ({self.gpus}) must be >= 0")
         if not (0 <= self.node_rank < self.nnodes):
