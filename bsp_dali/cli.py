@@ -117,12 +117,29 @@ def _read_config(config: Optional[Path]) -> dict[str, Any]:
     return loaded
 
 
+@contextlib.contextmanager
+def _flag_names(*classes: type) -> Iterator[None]:
+    """A config dataclass's error about one of its settings (``batch_size (0) must be >= 1``)
+    names the command-line option instead (``--batch-size (0) ...``) where the setting has one."""
+    try:
+        yield
+    except ValueError as e:
+        msg = str(e)
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                flag = f.metadata.get("flag")
+                if flag and msg.startswith(f"{f.name} ("):
+                    raise UserError(flag.split("/")[0] + msg[len(f.name):]) from None
+        raise
+
+
 def _synthesis_config(config: Optional[Path], given: dict[str, Any]) -> SynthesisConfig:
     """The --config file's synthesis settings (its "synthesis" section, or the whole file when it
     has no sections), overridden by the options ``given`` on the command line."""
     loaded = _read_config(config)
     sectioned = any(k in loaded for k in ("synthesis", "train"))
-    return SynthesisConfig.from_dict({**(loaded.get("synthesis", {}) if sectioned else loaded), **given})
+    with _flag_names(SynthesisConfig):
+        return SynthesisConfig.from_dict({**(loaded.get("synthesis", {}) if sectioned else loaded), **given})
 
 
 def _device(device: str) -> str:
@@ -459,8 +476,9 @@ def train_cmd(
             raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
         if train.get("trust_checkpoint"):
             _warn_trust()
-        cfg = TrainConfig.from_dict({**base, **train, "data": str(data),
-                                     "synthesis": _synthesis_config(config, synthesis)})
+        syn = _synthesis_config(config, synthesis)
+        with _flag_names(TrainConfig):
+            cfg = TrainConfig.from_dict({**base, **train, "data": str(data), "synthesis": syn})
         try:
             summary = run_training(cfg)
         except TrainingInterrupted as e:

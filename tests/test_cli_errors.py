@@ -209,3 +209,8 @@ def test_train_threads_zero_is_refused():
 
     with pytest.raises(ValueError, match=r"threads \(0\) must be >= 1"):
         TrainConfig(threads=0)
+
+
+def test_config_errors_name_the_option():
+    assert_one_line(run_cli("plan", "--tau", "0"), "--tau (0) must be an integer >= 1")
+    assert_one_line(run_cli("train", "unused", "--batch-size", "0"), "--batch-size (0) must be >= 1")

@@ -115,7 +115,7 @@ def test_config_file_settings_hold_unless_an_option_is_written(tmp_path):
     res = runner.invoke(app, ["train", str(tmp_path), "--config", str(cfg)])
     assert res.exit_code == 2 and "epochs (0) must be >= 1" in res.output  # from the file, no default over it
     res = runner.invoke(app, ["train", str(tmp_path), "--config", str(cfg), "--epochs", "1", "--batch-size", "0"])
-    assert res.exit_code == 2 and "batch_size (0) must be >= 1" in res.output  # the option wins over the file
+    assert res.exit_code == 2 and "--batch-size (0) must be >= 1" in res.output  # the option wins over the file
 
 
 def test_config_option_is_shared():
