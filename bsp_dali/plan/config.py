@@ -162,11 +162,11 @@ class SynthesisConfig:
                 raise ValueError(f"probs ({list(self.probs)}) must be non-negative with a positive sum")
         if BoundaryType.DIFF_CLASS in self.types:
             if len(self.eps_range) != 2:
-                raise ValueError(f"eps_range ({self.eps_range}) must be a pair (min, max)")
+                raise ValueError(f"eps_range ({' '.join(map(str, self.eps_range))}) must be a pair (min, max)")
             lo, hi = self.eps_range
             if not (1 <= lo <= hi <= self.tau):
                 raise ValueError(
-                    f"eps_range ({self.eps_range}) must satisfy 1 <= min <= max <= tau ({self.tau})"
+                    f"eps_range ({lo} {hi}) must satisfy 1 <= min <= max <= tau ({self.tau})"
                 )
         if BoundaryType.DIFF_SPEED in self.types:
             if not self.gammas:
@@ -177,7 +177,7 @@ class SynthesisConfig:
             lo, hi = self.resolved_t_range
             if not (1 <= lo <= hi <= self.T - 1):
                 raise ValueError(
-                    f"t_range ({self.t_range}) must satisfy 1 <= min <= max <= T-1 ({self.T - 1}): "
+                    f"t_range ({lo} {hi}) must satisfy 1 <= min <= max <= T-1 ({self.T - 1}): "
                     "the change point needs output frames on both sides"
                 )
 
