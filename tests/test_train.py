@@ -189,10 +189,10 @@ def test_distillation_from_two_teachers(tmp_path, bsp_run, data, cfg_file):
     (["--arch", "vgg"], "arch ('vgg') must be one of"),
     (["--gpus", "2"], "--gpus 2 asked for, 0 usable CUDA device(s)"),
     (["--task", "distill"], "needs --teacher-vanilla"),
-    (["--batch-size", "0"], "batch_size (0) must be >= 1"),
-    (["--lr", "nan"], "lr (nan) must be finite"),
-    (["--lr", "inf"], "lr (inf) must be finite"),
-    (["--weight-decay", "nan"], "weight_decay (nan) must be finite"),
+    (["--batch-size", "0"], "--batch-size (0) must be >= 1"),
+    (["--lr", "nan"], "--lr (nan) must be finite"),
+    (["--lr", "inf"], "--lr (inf) must be finite"),
+    (["--weight-decay", "nan"], "--weight-decay (nan) must be finite"),
 ])
 def test_training_mistakes_are_one_line(tmp_path, data, cfg_file, args, message):
     a = train_args(data, tmp_path / "x", cfg_file)
