@@ -8,6 +8,7 @@ tests and the demo build it from lists.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -33,6 +34,28 @@ def read_json(path: str | Path, what: str) -> Any:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
     except UnicodeDecodeError:  # a video or other binary file
         raise ValueError(f"{what} {path} is not valid JSON: it is not text") from None
+
+
+def write_json(path: str | Path, data: Any, **dumps: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: a temporary file beside it, then a rename, so
+    a reader sees the old file or the new one; a failed write leaves no temporary file behind.
+    ``dumps``: keyword arguments of :func:`json.dumps` (``indent``, ``separators``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, **dumps))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed for want of space (a full disk or a quota)."""
+    return isinstance(e, OSError) and e.errno in NO_SPACE
 
 
 class UnwritablePath(ValueError):
@@ -252,13 +275,7 @@ class DatasetIndex:
         temporary file behind)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_json(), separators=(",", ":"))
 
     @classmethod
     def load(cls, path: str | Path) -> "DatasetIndex":
@@ -287,5 +304,5 @@ def split_train_val(index: DatasetIndex, fraction: float, seed: int = 0) -> tupl
     return index.subset(sorted(train)), index.subset(sorted(val))
 
 
-__all__ = ["BadVideo", "DatasetIndex", "UnwritablePath", "VideoInfo", "MANIFEST_VERSION", "ensure_writable_dir",
-           "ensure_writable_file", "read_json", "split_train_val"]
+__all__ = ["BadVideo", "DatasetIndex", "NO_SPACE", "UnwritablePath", "VideoInfo", "MANIFEST_VERSION", "ensure_writable_dir",
+           "ensure_writable_file", "is_disk_full", "read_json", "split_train_val", "write_json"]

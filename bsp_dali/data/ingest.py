@@ -19,7 +19,6 @@ again, unless the previous probe was by packets and this one asks for decoding.
 from __future__ import annotations
 
 import csv
-import errno
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .index import BadVideo, DatasetIndex, VideoInfo, ensure_writable_file, read_json
+from .index import BadVideo, DatasetIndex, VideoInfo, ensure_writable_file, is_disk_full, read_json
 from .probe import ProbeMode, probe as probe_file
 
 log = logging.getLogger(__name__)
@@ -328,7 +327,7 @@ def index_data(root: str | os.PathLike, *, annotations: str | os.PathLike | None
     try:
         report.index.save(manifest_p)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk stays an OSError (its own exit status)
+        if is_disk_full(e):  # a full disk stays an OSError (its own exit status)
             raise
         raise IngestError(f"manifest {manifest_p} cannot be written ({e.strerror or e})") from None
     return report

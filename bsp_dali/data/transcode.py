@@ -38,7 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-from .index import DatasetIndex, UnwritablePath, ensure_writable_dir
+from .index import DatasetIndex, UnwritablePath, ensure_writable_dir, is_disk_full, write_json
 from .ingest import Entry, IngestError, discover
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ REPORT_NAME = "bsp-dali-transcode.report.json"
 PROVENANCE_KEY = "comment"  # MP4 metadata tag holding the provenance JSON (the mov muxer keeps it)
 PROVENANCE_VERSION = 1
 AUDIO_COPY = ("aac", "mp3", "ac3", "eac3", "alac", "opus")  # audio codecs an MP4 takes as they are
-NOSPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TranscodeError(ValueError):
@@ -243,10 +242,6 @@ def _short(e: BaseException) -> str:
     return text[:200]
 
 
-def _is_nospace(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in NOSPACE
-
-
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -411,7 +406,7 @@ def transcode_one(src: str, dst: str, settings: TranscodeSettings, encoder: str 
         return dict(res, reason=str(e), seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001
         _remove(tmp)
-        if _is_nospace(e):
+        if is_disk_full(e):
             return dict(res, status="nospace", reason=f"disk full writing {dst}: {_short(e)}",
                         seconds=time.perf_counter() - t0)
         return dict(res, reason=f"undecodable or unwritable: {_short(e)}", seconds=time.perf_counter() - t0)
@@ -613,9 +608,9 @@ def transcode_dataset(source: DatasetIndex | str | os.PathLike, dst: str | os.Pa
         elif layout == "csv":
             report.written_list = str(dst_p / Path(annotations).name)  # type: ignore[arg-type]
             shutil.copyfile(annotations, report.written_list)  # type: ignore[arg-type]
-        _write_json(dst_p / REPORT_NAME, report.to_json())
+        write_json(dst_p / REPORT_NAME, report.to_json(), indent=1)
     except OSError as e:
-        if not (_is_nospace(e) and report.stopped):
+        if not (is_disk_full(e) and report.stopped):
             raise
         log.error("could not write the report to %s: the disk is full", dst_p)
     if report.stopped:
@@ -624,16 +619,6 @@ def transcode_dataset(source: DatasetIndex | str | os.PathLike, dst: str | os.Pa
                        f"{s['done'] + s['skipped']}; videos not started: {s['not_started']}. Free space in {dst_p} "
                        f"and run the same command again: finished outputs are skipped.", report)
     return report
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name("." + path.name + ".part")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        _remove(str(tmp))
-        raise
 
 
 __all__ = ["DiskFull", "Encoder", "REPORT_NAME", "TranscodeError", "TranscodeReport", "TranscodeSettings",

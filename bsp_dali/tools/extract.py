@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex
+from ..data.index import DatasetIndex, write_json
 from ..data.ingest import (MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data,
                            load_manifest)
 from ..gpu import autocast as autocast_for
@@ -321,9 +321,7 @@ def prepare_parts(parts: Path, settings: dict[str, Any]) -> str | None:
                 f.unlink()
     try:
         parts.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(record.name + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, record)
+        write_json(record, settings, indent=1)
     except OSError as e:
         raise ValueError(f"cannot write {record}: {e.strerror or e}") from None
     return why

@@ -14,7 +14,6 @@ after removing the temporary file.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
@@ -25,13 +24,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..data.index import is_disk_full
 from .distributed import Dist, gather_objects
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 2  # 2: RNG states as plain values, which a weights-only load reads
 READABLE_CHECKPOINT_VERSIONS = (1, 2)  # 1: NumPy's RNG state as an array (read through an allow-list)
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -128,7 +127,7 @@ def atomic_save(obj: Any, path: Path) -> int:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno in NO_SPACE:
+        if is_disk_full(e):
             free = shutil.disk_usage(path.parent).free
             raise CheckpointWriteError(e.errno, (
                 f"no space left to write checkpoint {path}: it needs {_mib(len(data))}, its disk has "
