@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import errno
 import functools
 import inspect
 import json
@@ -58,7 +57,6 @@ class UserError(Exception):
 
 USER_ERROR_EXIT = 2  # a mistake in the command line, the data or the machine
 DISK_FULL_EXIT = 3  # a full disk (or quota) while writing: finished work is kept
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fail(msg: str, code: int = USER_ERROR_EXIT) -> None:
@@ -82,9 +80,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _disk_full(e: OSError) -> bool:
+    from .data.index import is_disk_full
     from .train.checkpointer import CheckpointWriteError
 
-    return e.errno in NO_SPACE or isinstance(e, CheckpointWriteError)
+    return is_disk_full(e) or isinstance(e, CheckpointWriteError)
 
 
 @contextlib.contextmanager
@@ -133,10 +132,10 @@ def _flag_names(*classes: type) -> Iterator[None]:
         raise
 
 
-def _synthesis_config(config: Optional[Path], given: dict[str, Any]) -> SynthesisConfig:
-    """The --config file's synthesis settings (its "synthesis" section, or the whole file when it
-    has no sections), overridden by the options ``given`` on the command line."""
-    loaded = _read_config(config)
+def _synthesis_config(loaded: dict[str, Any], given: dict[str, Any]) -> SynthesisConfig:
+    """The synthesis settings of a --config file's JSON object ``loaded`` (its "synthesis" section,
+    or the whole object when it has no sections), overridden by the options ``given`` on the
+    command line."""
     sectioned = any(k in loaded for k in ("synthesis", "train"))
     with _flag_names(SynthesisConfig):
         return SynthesisConfig.from_dict({**(loaded.get("synthesis", {}) if sectioned else loaded), **given})
@@ -281,7 +280,7 @@ def index(
     exit status is non-zero only when nothing usable is left. Re-running skips files that did not
     change (a --probe decode run re-probes files an earlier run read by packets only).
     """
-    from .data.index import ensure_writable_file
+    from .data.index import ensure_writable_file, is_disk_full, write_json
     from .data.ingest import MANIFEST_NAME, index_data
     from .data.probe import ProbeMode
     from .plan.planner import min_frames_needed
@@ -308,9 +307,9 @@ def index(
                              progress=lambda k: bar.advance(task, k), probe=mode)
         try:
             report_path.parent.mkdir(parents=True, exist_ok=True)
-            report_path.write_text(json.dumps(rep.to_json(), indent=1))
+            write_json(report_path, rep.to_json(), indent=1)
         except OSError as e:
-            if e.errno in NO_SPACE:
+            if is_disk_full(e):
                 raise
             raise UserError(f"--report {report_path}: cannot be written ({e.strerror or e}); "
                             f"the manifest {manifest} was written") from None
@@ -435,7 +434,7 @@ def preview(
         h, w = size if size else ((64, 64) if data is None else (112, 112))
         if h < 2 or w < 2:
             raise UserError(f"--size ({h} {w}) must be at least 2 2")
-        cfg = _synthesis_config(config, synthesis)
+        cfg = _synthesis_config(_read_config(config), synthesis)
         dev = _device(device)
         idx = demo_index(num_classes=demo_classes, size=(h, w)) if data is None else load_data(data)
         spatial = SpatialConfig(size=(h, w), mode=SpatialMode.TRAIN if augment else SpatialMode.RESIZE)
@@ -471,12 +470,13 @@ def train_cmd(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with one_line_errors():  # a full disk while writing a checkpoint or the run's files: exit 3
-        base = _read_config(config).get("train", {})
+        loaded = _read_config(config)
+        base = loaded.get("train", {})
         if "trust_checkpoint" in base:
             raise UserError(f"config file {config}: trust_checkpoint can only be given as --trust-checkpoint")
         if train.get("trust_checkpoint"):
             _warn_trust()
-        syn = _synthesis_config(config, synthesis)
+        syn = _synthesis_config(loaded, synthesis)
         with _flag_names(TrainConfig):
             cfg = TrainConfig.from_dict({**base, **train, "data": str(data), "synthesis": syn})
         try:
@@ -555,19 +555,16 @@ def bench(
     import logging
 
     from .bench import BenchSettings, run_bench
-    from .measure import Window
+    from .measure import STEADY, Window
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with one_line_errors():
         dev = _device(device)
         s = BenchSettings.defaults(dev, quick=quick)
-        for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes)):
-            if val:
-                if any(v < 1 for v in val):
-                    raise UserError(f"--{name.replace('_', '-')} values must be >= 1, got {val}")
+        for name, val in (("batch_sizes", batch_sizes), ("threads", threads), ("frames", frames), ("sizes", sizes),
+                          ("decode_ahead", decode_ahead), ("pipelines", pipelines)):
+            if val:  # checked with every other setting by run_bench (bench.run.validate) before measuring
                 setattr(s, name, tuple(val))
-        if any(T % 2 for T in s.frames):
-            raise UserError(f"--frames must be even (T = 2*tau), got {list(s.frames)}")
         if arch:
             s.arch = arch
         if min_batches is not None or min_seconds is not None:
@@ -575,16 +572,11 @@ def bench(
             ms = s.window.min_seconds if min_seconds is None else min_seconds
             if mb < 2 or ms < 0:
                 raise UserError(f"--min-batches ({mb}) must be >= 2 and --min-seconds ({ms}) >= 0")
-            s.window = Window(mb, ms, quick=quick or mb < 30 or ms < 10)
+            s.window = Window(mb, ms, quick=quick or mb < STEADY.min_batches or ms < STEADY.min_seconds)
         if nvdec_engines is not None:
             if nvdec_engines < 1:
                 raise UserError(f"--nvdec-engines ({nvdec_engines}) must be >= 1")
             s.nvdec_engines = nvdec_engines
-        for name, val in (("decode_ahead", decode_ahead), ("pipelines", pipelines)):
-            if val:
-                if any(v < 1 for v in val):
-                    raise UserError(f"--{name.replace('_', '-')} values must be >= 1, got {val}")
-                setattr(s, name, tuple(val))
         if data is not None:
             s.data_dir = str(data)
         if data_gop is not None:
@@ -736,7 +728,7 @@ def plan(
             raise UserError(f"--num ({num}) must be >= 1")
         if start < 0 or epoch < 0:
             raise UserError(f"--start ({start}) and --epoch ({epoch}) must be >= 0")
-        cfg = _synthesis_config(config, synthesis)
+        cfg = _synthesis_config(_read_config(config), synthesis)
         planner = Planner(demo_index(num_classes=demo_classes), cfg, seed=seed)
         for i in range(start, start + num):
             sys.stdout.write(json.dumps(planner.plan(i, epoch).to_json()) + "\n")

@@ -63,7 +63,7 @@ def quick(tmp_path_factory):
     os.environ["BSP_DALI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     out = tmp_path_factory.mktemp("out")
     try:
-        return run_bench(BenchSettings.quick_settings("cpu"), out), out
+        return run_bench(BenchSettings.defaults("cpu", quick=True), out), out
     finally:
         del os.environ["BSP_DALI_CACHE"]
 
@@ -300,7 +300,7 @@ def test_quick_bench_with_data_gop_runs_the_loaders_on_a_transcoded_copy(tmp_pat
     """--data-gop: the same loaders on a `bsp-dali transcode` copy with a short GOP; the decoded
     frames per clip fall with the keyframe interval (GOP 75 -> 15 on the quick data)."""
     monkeypatch.setenv("BSP_DALI_CACHE", str(tmp_path / "cache"))
-    s = BenchSettings.quick_settings("cpu")
+    s = BenchSettings.defaults("cpu", quick=True)
     s.data_gop = 15
     result = run_bench(s, tmp_path / "out")
     short = "transcoded GOP 15"

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..data.index import ensure_writable_dir
 from ..gpu import importable
 from ..measure import QUICK, STEADY, MeasurementError, Window, nvml_sampler
 from ..plan.config import SynthesisConfig
@@ -60,10 +61,6 @@ class BenchSettings:
             return cls(device=device, batch_sizes=(8, 16), arch="resnet18", train_size=112, train_batch=2)
         return cls(device=device)
 
-    @classmethod
-    def quick_settings(cls, device: str = "auto") -> "BenchSettings":
-        return cls.defaults(device, quick=True)
-
 
 @dataclass(frozen=True)
 class Goal:
@@ -94,6 +91,8 @@ COMPARISON_GOALS = [Goal("decoded frames per clip, as given / transcoded", 5.0),
 AS_GIVEN = "as given"
 
 
+SWEEP_FLAGS = {"batch_sizes": "--batch-size", "frames": "--frames", "sizes": "--size", "threads": "--threads",
+               "decode_ahead": "--decode-ahead", "pipelines": "--pipelines"}  # setting -> its bench option
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -109,26 +108,15 @@ def validate(settings: BenchSettings, out: str | os.PathLike, tag: str | None) -
                          "starting with a letter or digit (no path separators)")
     if settings.arch not in ARCHS:
         raise ValueError(f"--arch ({settings.arch!r}) must be one of {sorted(ARCHS)}")
-    for name in ("batch_sizes", "frames", "sizes", "threads", "decode_ahead", "pipelines"):
+    for name, flag in SWEEP_FLAGS.items():
         values = getattr(settings, name)
         if any(not isinstance(v, int) or v < 1 for v in values):
-            raise ValueError(f"{name} values must be integers >= 1, got {list(values)}")
+            raise ValueError(f"{flag} values must be >= 1 (integers), got {list(values)}")
     if not settings.batch_sizes or not settings.frames or not settings.sizes:
-        raise ValueError("batch_sizes, frames and sizes must each hold at least one value")
+        raise ValueError("--batch-size, --frames and --size must each hold at least one value")
     if any(T % 2 for T in settings.frames):
-        raise ValueError(f"frames must be even (T = 2*tau), got {list(settings.frames)}")
-    check_writable(Path(out))
-
-
-def check_writable(out: Path) -> None:
-    """Create the folder ``out`` and write a file in it (removed), or raise ValueError naming it."""
-    probe = out / f".bench-write-test-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--out {out} cannot be written: {e.strerror or e}") from None
+        raise ValueError(f"--frames must be even (T = 2*tau), got {list(settings.frames)}")
+    ensure_writable_dir(out, "--out")
 
 
 def run_bench(settings: BenchSettings, out: str | os.PathLike, tag: str | None = None,
@@ -326,5 +314,5 @@ def check_sane(result: dict[str, Any]) -> None:
                 raise MeasurementError(f"benchmark row {r['row']} has an insane half of {k}: {a}, {b}")
 
 
-__all__ = ["AS_GIVEN", "BenchSettings", "check_writable", "validate", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
+__all__ = ["AS_GIVEN", "BenchSettings", "validate", "COMPARISON_GOALS", "GOALS", "TRANSCODED_GOALS", "Goal", "NVDEC_ENGINES", "attach_ceilings", "check_sane", "evaluate_goals",
            "pipeline_variants", "run_bench", "settings_json"]
