@@ -206,3 +206,19 @@ def test_inspect_cli_name_collision_and_no_held_out_videos(tmp_path, small, tiny
     res = run_cli("inspect", dup, "--checkpoint", good, "--out", tmp_path / "in", "--device", "cpu", "--pairs", "4")
     line = _one_error_line(res)
     assert f"none of the 2 videos of {dup} is held out by the checkpoint's split" in line and "--split all" in line
+
+
+def test_index_over_a_manifest_that_is_not_one_rebuilds_it(tmp_path, small):
+    """A previous manifest holding other JSON (here a list) is ignored with a warning, and the
+    index is written anew; DatasetIndex.load refuses such a file as a ValueError, not a crash."""
+    from bsp_dali.data.index import DatasetIndex
+
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    (data / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a bsp-dali manifest"):
+        DatasetIndex.load(data / MANIFEST_NAME)
+    res = run_cli("index", str(data))
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "ignoring unreadable previous manifest" in res.stderr
+    assert len(load_data(data)) == 6

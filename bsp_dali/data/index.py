@@ -58,6 +58,11 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in NO_SPACE
 
 
+def looks_like_manifest(data: Any) -> bool:
+    """Whether a JSON value has a manifest's shape (an object with version, videos and classes)."""
+    return isinstance(data, Mapping) and {"version", "videos", "classes"} <= set(data)
+
+
 class UnwritablePath(ValueError):
     """An output path that cannot be written (named with the option and the reason): raised by
     :func:`ensure_writable_dir` / :func:`ensure_writable_file` before a command does any work."""
@@ -263,6 +268,8 @@ class DatasetIndex:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "DatasetIndex":
+        if not looks_like_manifest(data):
+            raise ValueError("not a bsp-dali manifest (a JSON object with version, videos and classes)")
         if data.get("version") != MANIFEST_VERSION:
             raise ValueError(
                 f"manifest version {data.get('version')!r} is not supported (expected {MANIFEST_VERSION})"
@@ -305,4 +312,4 @@ def split_train_val(index: DatasetIndex, fraction: float, seed: int = 0) -> tupl
 
 
 __all__ = ["BadVideo", "DatasetIndex", "NO_SPACE", "UnwritablePath", "VideoInfo", "MANIFEST_VERSION", "ensure_writable_dir",
-           "ensure_writable_file", "is_disk_full", "read_json", "split_train_val", "write_json"]
+           "ensure_writable_file", "is_disk_full", "looks_like_manifest", "read_json", "split_train_val", "write_json"]

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .index import BadVideo, DatasetIndex, VideoInfo, ensure_writable_file, is_disk_full, read_json
+from .index import (BadVideo, DatasetIndex, VideoInfo, ensure_writable_file, is_disk_full, looks_like_manifest,
+                    read_json)
 from .probe import ProbeMode, probe as probe_file
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def _read_manifest(p: Path) -> DatasetIndex:
         data = read_json(p, "manifest")
     except (OSError, ValueError):
         raise IngestError(f"{p} {NOT_A_MANIFEST}") from None
-    if not isinstance(data, dict) or not {"version", "videos", "classes"} <= set(data):
+    if not looks_like_manifest(data):
         raise IngestError(f"{p} {NOT_A_MANIFEST}")
     try:
         return DatasetIndex.from_json(data)
