@@ -83,6 +83,16 @@ def _host(x: Any) -> Any:
     return x.as_cpu() if hasattr(x, "as_cpu") else x
 
 
+def _copies_done(device: str) -> None:
+    """Wait for the copies out of DALI's output buffers: on the GPU they run asynchronously on the
+    current CuPy stream, while DALI (its classic executor) reuses or frees those buffers on its own
+    stream at the next ``run()`` or when the pipeline goes."""
+    if device == "gpu":
+        import cupy as cp
+
+        cp.cuda.get_current_stream().synchronize()
+
+
 def pipeline_batch(n: int, max_batch: int = MAX_PIPELINE_BATCH) -> int:
     """The pipeline batch size for ``n`` sequences: at most ``max_batch``, with the fewest padding
     lines (a reader's batch size is fixed, so the list is padded to a multiple of it)."""
@@ -211,20 +221,11 @@ class DaliFileListReader:
                                            f"{got_frames[:1]}..{got_frames[-1:]} instead of {u.start}..{u.stop - 1}")
                     if line < len(units):
                         out.append(self._own(video, i))
-                self._copies_done()  # before the next run() overwrites the buffers copied from
+                _copies_done(self.device)  # before the next run() overwrites the buffers copied from
             return out
         finally:
             pipe = None  # not kept alive by a _ChunkFailed's traceback through the bisection
             os.unlink(list_path)
-
-    def _copies_done(self) -> None:
-        """Wait for the copies out of DALI's output buffers: they run asynchronously on the current
-        CuPy stream, while DALI (its classic executor) reuses or frees those buffers on its own
-        stream at the next ``run()`` or when the pipeline goes."""
-        if self.device == "gpu":
-            import cupy as cp
-
-            cp.cuda.get_current_stream().synchronize()
 
     def _own(self, video: Any, i: int) -> Any:
         """A copy of output ``i`` that outlives the pipeline's buffers."""
@@ -336,10 +337,7 @@ class DaliFramesReader:
             return results
         for k, s in zip(live, stacks):
             results[k] = s.copy()  # DALI reuses its output buffers on the next run
-        if self.device == "gpu":  # the copies are asynchronous: done before that next run
-            import cupy as cp
-
-            cp.cuda.get_current_stream().synchronize()
+        _copies_done(self.device)
         for k in live:
             check_stack(results[k], units[k], self.size)
         return results
