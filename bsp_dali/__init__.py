@@ -9,7 +9,6 @@ Importing this package needs neither a GPU nor PyTorch, CuPy or DALI; they are i
 from .data.index import BadVideo, DatasetIndex, VideoInfo
 from .plan.augment import SpatialConfig, SpatialMode
 from .plan.config import ALL_TYPES, BoundaryType, SynthesisConfig
-from .decode.stage import Decoder
 from .plan.planner import ClipMode, Planner, PlanningError, SamplePlan, SourceRef
 from .synth.tables import Layout, OutDType, RecipeTables
 from .synth.synthesis import synthesize, synthesize_reference
@@ -19,11 +18,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # The iterator pulls in PyTorch: import it on first use, not with the package.
+    # The iterator pulls in PyTorch, the decode stage its readers: import them on first use, not
+    # with the package.
     if name in ("BSPIterator", "LastBatchPolicy", "DecodeFailures"):
         from . import iterator
 
         return getattr(iterator, name)
+    if name == "Decoder":
+        from .decode.stage import Decoder
+
+        return Decoder
     raise AttributeError(f"module 'bsp_dali' has no attribute {name!r}")
 
 
