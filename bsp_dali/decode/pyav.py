@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ..data.index import BadVideo, DatasetIndex, VideoInfo
+from ..plan.augment import rgb24
 
 
 class FrameReader(Protocol):
@@ -66,7 +67,6 @@ class PyAVReader:
         if not wanted:
             raise ValueError("no frames requested")
         got: dict[int, np.ndarray] = {}
-        from ..plan.augment import rgb24
 
         def keep(n: int, frame) -> None:
             if n in wanted:

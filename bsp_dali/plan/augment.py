@@ -135,7 +135,7 @@ def transform_av_frame(frame: Any, box: Box, flip: bool, size: tuple[int, int], 
 
     H, W = frame.height, frame.width
     if box == FULL_BOX and (H, W) == tuple(size):
-        transform_frame_cpu(frame.to_ndarray(format="rgb24"), box, flip, size, out)
+        transform_frame_cpu(rgb24(frame).to_ndarray(), box, flip, size, out)  # swscale on this thread
         return
     rgb = rgb24(frame)
     plane = rgb.planes[0]
