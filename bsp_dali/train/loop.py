@@ -391,7 +391,7 @@ def run_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         # Ctrl-C reaches every process of the job at once: no checkpoint now (the other ranks may
         # be gone); the last one stands, and the same command resumes from it
         ctrl_c.ignore_more()  # the launcher passes the same Ctrl-C on to its workers
-        stopped = TrainingInterrupted(step, ckpt.last if ckpt.saved_step is not None else None, ckpt.saved_step,
+        stopped = TrainingInterrupted(step, saved(), ckpt.saved_step,
                                       d.rank)
         if is_main:
             (out / "summary.json").write_text(json.dumps({
