@@ -370,7 +370,12 @@ class DecodeStage:
         fixed, cpu_ahead = self._streams_ahead()
         if not fixed and not cpu_ahead:
             return 0
-        return max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1) * self.ahead
+        return self._chunks_in_flight(fixed, cpu_ahead) * self.ahead
+
+    def _chunks_in_flight(self, fixed: bool, cpu_ahead: bool) -> int:
+        """Chunks ``stream`` keeps submitted: one per file-list pipeline, at least
+        ``CPU_CHUNKS_IN_FLIGHT`` with the CPU's worker processes."""
+        return max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1)
 
     def _pool_of_readers(self) -> Any:
         if self._pool is None:
@@ -383,7 +388,7 @@ class DecodeStage:
                        cpu_ahead: bool = False) -> Iterator[DecodedBatch]:
         """Chunks of ``ahead`` batches, taken from ``batches`` as they are needed (an epoch's batch
         list is never built: it may hold millions)."""
-        depth = max(self.pipelines if fixed else 1, CPU_CHUNKS_IN_FLIGHT if cpu_ahead else 1)
+        depth = self._chunks_in_flight(fixed, cpu_ahead)
         pending: deque = deque()
 
         def submit() -> bool:
