@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.index import DatasetIndex, write_json
+from ..data.index import DatasetIndex, ensure_writable_dir, write_json
 from ..data.ingest import (MANIFEST_NAME, Entry, IngestError, build_index, discover_list, is_video_name, load_data,
                            load_manifest)
 from ..gpu import autocast as autocast_for
@@ -260,12 +260,7 @@ def check_output(out: Path, fmt: str) -> None:
         if out.is_dir() and any(out.iterdir()) and not (out / FOLDER_MARKER).is_file():
             raise ValueError(f"--out {out} is a folder of other files (no {FOLDER_MARKER}): not writing into it "
                              f"(choose another --out)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise ValueError(f"cannot write to {out.parent} (--out {out}): permission denied")
+    ensure_writable_dir(out.parent, f"the folder of --out {out.name}:")
 
 
 def _is_h5_output(path: Path) -> bool:
